@@ -1,0 +1,62 @@
+"""Learning-rate schedules and optimizers from the ``optimizer``/``schedule`` config.
+
+Schedule (per step, from epoch-based config): a linear warm-up from
+``warmup_factor * lr`` to ``lr`` over ``warmup_epochs`` (the "warm-up" trick
+of Bag of Tricks, Eq. 1), then either a multi-step decay (x ``gamma`` at each
+epoch in ``milestones``) or a cosine decay to ``final_lr_factor * lr`` at the
+end of training.
+
+Optimizers: ``adam`` and ``sgd`` add weight decay to the gradient (L2, as
+torch.optim and the papers' code do); ``adamw`` decouples it (Loshchilov &
+Hutter).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+import optax
+
+
+def make_schedule(config: ml_collections.ConfigDict, *, lr: float,
+                  steps_per_epoch: int) -> optax.Schedule:
+  """The ``schedule`` config section and the peak ``lr`` -> (step -> lr)."""
+  total = config.epochs * steps_per_epoch
+  warmup = int(round(config.warmup_epochs * steps_per_epoch))
+  if config.kind == "multistep":
+    boundaries = {int(m * steps_per_epoch) - warmup: config.gamma
+                  for m in config.milestones}
+    if any(b <= 0 for b in boundaries):
+      raise ValueError(f"schedule.milestones {tuple(config.milestones)} must lie "
+                       f"after the warm-up ({config.warmup_epochs} epochs).")
+    decay = optax.piecewise_constant_schedule(lr, boundaries)
+  elif config.kind == "cosine":
+    decay = optax.cosine_decay_schedule(lr, max(total - warmup, 1),
+                                        alpha=config.get("final_lr_factor", 0.0))
+  elif config.kind == "constant":
+    decay = optax.constant_schedule(lr)
+  else:
+    raise ValueError(f"schedule.kind must be 'multistep', 'cosine' or "
+                     f"'constant', got {config.kind!r}.")
+  if warmup == 0:
+    return decay
+  ramp = optax.linear_schedule(config.warmup_factor * lr, lr, warmup)
+  return optax.join_schedules([ramp, decay], [warmup])
+
+
+def make_optimizer(config: ml_collections.ConfigDict,
+                   schedule: optax.Schedule) -> optax.GradientTransformation:
+  """``config``: the ``optimizer`` section (name, weight_decay, momentum, ...)."""
+  wd = config.get("weight_decay", 0.0)
+  if config.name == "adam":
+    return optax.chain(optax.add_decayed_weights(wd),
+                       optax.adam(schedule, b1=config.get("beta1", 0.9),
+                                  b2=config.get("beta2", 0.999)))
+  if config.name == "adamw":
+    return optax.adamw(schedule, b1=config.get("beta1", 0.9),
+                       b2=config.get("beta2", 0.999), weight_decay=wd)
+  if config.name == "sgd":
+    return optax.chain(optax.add_decayed_weights(wd),
+                       optax.sgd(schedule, momentum=config.get("momentum", 0.9),
+                                 nesterov=config.get("nesterov", False)))
+  raise ValueError(f"optimizer.name must be 'adam', 'adamw' or 'sgd', got "
+                   f"{config.name!r}.")

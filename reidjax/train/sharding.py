@@ -1,0 +1,53 @@
+"""One data-parallel mesh over every device of every process.
+
+Batches are global ``jax.Array``s split along the ``data`` axis; parameters
+and optimizer state are replicated. Under ``jax.jit`` every reduction in the
+loss (batch-hard mining, BatchNorm statistics) then spans the global batch.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+DATA_AXIS = "data"
+
+
+def make_data_mesh(devices: list[Any] | None = None) -> Mesh:
+  """A 1-D mesh with axis ``data`` over ``devices`` (default: all devices)."""
+  devices = jax.devices() if devices is None else devices
+  # Auto axes: the compiler propagates shardings through the model (losses
+  # that compare every pair of batch items would be illegal under Explicit).
+  return jax.make_mesh((len(devices),), (DATA_AXIS,),
+                       axis_types=(jax.sharding.AxisType.Auto,), devices=devices)
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+  return NamedSharding(mesh, PartitionSpec())
+
+
+def batch_sharded(mesh: Mesh) -> NamedSharding:
+  """Leading (batch) axis split over ``data``, the rest replicated."""
+  return NamedSharding(mesh, PartitionSpec(DATA_AXIS))
+
+
+def check_batch_size(global_batch: int, mesh: Mesh, what: str) -> None:
+  devices = mesh.shape[DATA_AXIS]
+  if global_batch % devices:
+    raise ValueError(
+        f"{what} = {global_batch} is not divisible by the {devices} devices of "
+        "the mesh; choose a multiple of the device count.")
+
+
+def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+  """This process's share of a batch -> global arrays sharded on ``data``.
+
+  Each process passes the rows it loaded (its contiguous slice of the global
+  batch); the result has the global batch size.
+  """
+  sharding = batch_sharded(mesh)
+  return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
+          for k, v in local_batch.items()}

@@ -1,0 +1,201 @@
+"""Tests for the tf.data train / eval pipelines (tiny JPEGs in tmp_path)."""
+
+import itertools
+import os
+
+import numpy as np
+from PIL import Image
+import pytest
+
+from reidjax.data import pipeline
+from reidjax.data.index import ImageSplit
+from reidjax.data.sampler import IdentitySampler
+from reidjax.data.transforms import AugmentConfig
+
+H, W = 32, 16
+NUM_IDS = 8
+
+
+def _colour(i):
+  """A distinct flat RGB colour for image i (survives JPEG almost exactly)."""
+  return np.array([(37 * i) % 200 + 20, (91 * i) % 200 + 20,
+                   (53 * i) % 200 + 20], np.uint8)
+
+
+@pytest.fixture(name="split")
+def _split(tmp_path):
+  """8 ids with 1..5 images each; image i is a flat _colour(i) 32x16 JPEG."""
+  counts = [1, 2, 3, 4, 5, 3, 2, 4]
+  pids = np.repeat(np.arange(NUM_IDS), counts).astype(np.int32)
+  camids = (np.arange(pids.size) % 3).astype(np.int32)
+  paths = []
+  for i, pid in enumerate(pids):
+    path = os.path.join(tmp_path, f"{pid:04d}_c{camids[i]}_{i:03d}.jpg")
+    Image.fromarray(np.broadcast_to(_colour(i), (H, W, 3)).copy()).save(
+        path, quality=95)
+    paths.append(path)
+  return ImageSplit(tuple(paths), pids, camids)
+
+
+def _image_ids(images):
+  """Recovers which image each normalised batch entry shows, by colour."""
+  mean = np.array([0.485, 0.456, 0.406])
+  std = np.array([0.229, 0.224, 0.225])
+  rgb = (images.mean(axis=(1, 2)) * std + mean) * 255
+  table = np.stack([_colour(i) for i in range(64)]).astype(np.float64)
+  dist = np.abs(rgb[:, None] - table[None]).max(-1)
+  assert (dist.min(1) < 3).all()
+  return dist.argmin(1)
+
+
+def _train(split, **kwargs):
+  args = dict(num_identities=4, num_instances=2,
+              augment=AugmentConfig(H, W, pad=2), seed=11)
+  args.update(kwargs)
+  return pipeline.train_batches(split, **args)
+
+
+def test_train_shapes_and_dtypes(split):
+  batch = next(_train(split, augment=AugmentConfig(64, 32)))
+  assert set(batch) == {"images", "pids", "camids"}
+  assert batch["images"].shape == (8, 64, 32, 3)
+  assert batch["images"].dtype == np.float32
+  assert batch["pids"].shape == batch["camids"].shape == (8,)
+  assert batch["pids"].dtype == batch["camids"].dtype == np.int32
+  assert np.isfinite(batch["images"]).all()
+
+
+def test_train_batches_follow_the_sampler(split):
+  no_aug = AugmentConfig(H, W, flip=False, pad=0, random_erasing=0.0)
+  sampler = IdentitySampler(split.pids, 4, 2, seed=11)
+  batches = itertools.islice(_train(split, augment=no_aug), 5)
+  for step, batch in enumerate(batches):
+    indices = sampler.global_batch(step)
+    np.testing.assert_array_equal(batch["pids"], split.pids[indices])
+    np.testing.assert_array_equal(batch["camids"], split.camids[indices])
+    # The pixels are those of the sampled files, in order.
+    np.testing.assert_array_equal(_image_ids(batch["images"]), indices)
+    groups = batch["pids"].reshape(4, 2)
+    assert (groups == groups[:, :1]).all()
+    assert np.unique(groups[:, 0]).size == 4
+
+
+def test_train_deterministic_and_resumable(split):
+  first = list(itertools.islice(_train(split), 4))
+  again = list(itertools.islice(_train(split), 4))
+  resumed = list(itertools.islice(_train(split, start_step=2), 2))
+  for x, y in zip(first, again + [], strict=True):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  for x, y in zip(first[2:], resumed, strict=True):
+    for key in x:
+      np.testing.assert_array_equal(x[key], y[key])
+  other = next(_train(split, seed=12))
+  assert not np.array_equal(first[0]["images"], other["images"])
+
+
+def test_train_augmentation_is_active(split):
+  images = next(_train(split, augment=AugmentConfig(H, W, pad=4,
+                                                    random_erasing=1.0)))
+  images = images["images"]
+  # Every image is erased (zeros) and most show padding (-mean/std border).
+  assert ((images == 0).all(-1).reshape(8, -1).any(1)).all()
+  border = np.array([-0.485 / 0.229, -0.456 / 0.224, -0.406 / 0.225])
+  has_pad = (np.abs(images - border) < 1e-4).all(-1).reshape(8, -1).any(1)
+  assert has_pad.sum() >= 4
+
+
+def test_train_process_shards_concatenate(split):
+  single = list(itertools.islice(_train(split), 2))
+  shards = [list(itertools.islice(
+      _train(split, process_index=i, process_count=2), 2)) for i in range(2)]
+  for step in range(2):
+    for key in single[step]:
+      assert shards[0][step][key].shape[0] == 4
+      # Augmentation seeds use the global position: identical pixels too.
+      np.testing.assert_array_equal(
+          np.concatenate([shards[0][step][key], shards[1][step][key]]),
+          single[step][key])
+
+
+def test_num_eval_batches():
+  assert pipeline.num_eval_batches(24, 8) == 3
+  assert pipeline.num_eval_batches(25, 8) == 4
+  assert pipeline.num_eval_batches(1, 8) == 1
+  assert pipeline.num_eval_batches(0, 8) == 0
+
+
+def test_eval_order_padding_mask_and_index(split):
+  n = len(split)  # 24 images.
+  batches = list(pipeline.eval_batches(split, batch_size=10, height=H,
+                                       width=W))
+  assert len(batches) == pipeline.num_eval_batches(n, 10) == 3
+  for b in batches:
+    assert b["images"].shape == (10, H, W, 3)
+    assert b["images"].dtype == np.float32
+    assert b["mask"].dtype == np.bool_
+    assert b["index"].dtype == b["pids"].dtype == np.int32
+  index = np.concatenate([b["index"] for b in batches])
+  mask = np.concatenate([b["mask"] for b in batches])
+  np.testing.assert_array_equal(index, np.r_[np.arange(n), -1, -1, -1, -1,
+                                             -1, -1])
+  np.testing.assert_array_equal(mask, index >= 0)
+  pids = np.concatenate([b["pids"] for b in batches])
+  camids = np.concatenate([b["camids"] for b in batches])
+  np.testing.assert_array_equal(pids[:n], split.pids)
+  np.testing.assert_array_equal(camids[:n], split.camids)
+  assert (pids[n:] == -1).all() and (camids[n:] == -1).all()
+  images = np.concatenate([b["images"] for b in batches])
+  np.testing.assert_array_equal(_image_ids(images[:n]), np.arange(n))
+  assert (images[n:] == 0).all()
+
+
+def test_eval_process_shards(split):
+  single = list(pipeline.eval_batches(split, batch_size=10, height=H,
+                                      width=W))
+  shards = [list(pipeline.eval_batches(split, batch_size=10, height=H,
+                                       width=W, process_index=i,
+                                       process_count=2)) for i in range(2)]
+  assert len(shards[0]) == len(shards[1]) == len(single)
+  for step, batch in enumerate(single):
+    for key in batch:
+      np.testing.assert_array_equal(
+          np.concatenate([shards[0][step][key], shards[1][step][key]]),
+          batch[key])
+  with pytest.raises(ValueError, match="process count"):
+    pipeline.eval_batches(split, batch_size=10, height=H, width=W,
+                          process_count=3)
+
+
+def _truncate(path):
+  with open(path, "rb") as f:
+    data = f.read()
+  with open(path, "wb") as f:
+    f.write(data[:len(data) // 2])
+
+
+def test_eval_corrupt_jpeg_error_names_the_file(split):
+  bad = split.paths[13]
+  _truncate(bad)
+  batches = pipeline.eval_batches(split, batch_size=4, height=H, width=W)
+  # The three batches before it are fine.
+  assert [b["index"][0] for b in itertools.islice(batches, 3)] == [0, 4, 8]
+  with pytest.raises(ValueError, match=f"Cannot decode.*{bad}"):
+    next(batches)
+
+
+def test_eval_missing_file_error_names_it(split):
+  missing = split.paths[5]
+  os.remove(missing)
+  with pytest.raises(FileNotFoundError, match=missing):
+    list(pipeline.eval_batches(split, batch_size=8, height=H, width=W))
+
+
+def test_train_corrupt_jpeg_error_names_the_file(split):
+  # pid 0 has one image and P divides NUM_IDS: it is in every epoch.
+  bad = split.paths[0]
+  assert split.pids[0] == 0 and (split.pids == 0).sum() == 1
+  _truncate(bad)
+  with pytest.raises(ValueError, match=f"Cannot decode.*{bad}"):
+    for _ in itertools.islice(_train(split), NUM_IDS // 4):
+      pass

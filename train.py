@@ -121,8 +121,7 @@ def main(argv):
       evaluator.run(state, step)
       logger.reset_timer(step)
 
-  if ckpt.latest_step() != total_steps:
-    ckpt.save(total_steps, state, config, force=True)
+  ckpt.save(total_steps, state, config, force=True)
   ckpt.wait()
   results = evaluator.run(state, total_steps)
   if jax.process_index() == 0:

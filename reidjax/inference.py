@@ -19,7 +19,7 @@ import numpy as np
 from reidjax import imagenet
 from reidjax.evaluate import features
 from reidjax.models import build_model
-from reidjax.train import checkpoint, optimizer, sharding, state as state_lib
+from reidjax.train import checkpoint, sharding
 
 
 def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:
@@ -58,14 +58,15 @@ class ReidEmbedder:
     config = ckpt.restore_config(step)
     mesh = sharding.make_data_mesh()
     model = build_model(config.model, config.model.num_classes)
-    # The optimizer only shapes the restore target; its schedule is irrelevant.
-    tx = optimizer.make_optimizer(config.optimizer, config.optimizer.lr)
-    abstract = state_lib.abstract_train_state(
-        model, tx, input_shape=(config.data.height, config.data.width, 3), mesh=mesh)
-    state = ckpt.restore(abstract, step)
+    dummy = jnp.zeros((1, config.data.height, config.data.width, 3), jnp.float32)
+    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))
+    replicated = sharding.replicated(mesh)
+    abstract = jax.tree.map(
+        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
+        {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
+    variables = ckpt.restore_variables(abstract, step)
     ckpt.close()
-    return cls(model, {"params": state.params, "batch_stats": state.batch_stats},
-               config, mesh)
+    return cls(model, variables, config, mesh)
 
   def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """(N, H, W, 3) uint8 RGB (or normalised float) images -> (N, D) features."""

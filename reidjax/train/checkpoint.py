@@ -41,7 +41,13 @@ class Checkpointer:
 
   def save(self, step: int, state: Any, config: ml_collections.ConfigDict,
            *, force: bool = False) -> bool:
-    """Saves when ``step`` is on the interval (or ``force``); returns whether it did."""
+    """Saves when ``step`` is on the interval (or ``force``); returns whether it did.
+
+    A step that is already saved is not saved again (a forced save at the end
+    or on interruption often lands on a periodic one).
+    """
+    if step in self._manager.all_steps():
+      return False
     return self._manager.save(
         step,
         args=ocp.args.Composite(state=ocp.args.StandardSave(state),
@@ -53,6 +59,20 @@ class Checkpointer:
     step = self.latest_step() if step is None else step
     restored = self._manager.restore(
         step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract_state)))
+    return restored.state
+
+  def restore_variables(self, abstract_variables: dict[str, Any],
+                        step: int | None = None) -> dict[str, Any]:
+    """Restores only ``params`` and ``batch_stats`` (no optimizer state).
+
+    For inference: the optimizer that wrote the checkpoint need not be rebuilt.
+    ``abstract_variables`` holds ``ShapeDtypeStruct``s with target shardings.
+    """
+    step = self.latest_step() if step is None else step
+    restore_args = ocp.checkpoint_utils.construct_restore_args(abstract_variables)
+    restored = self._manager.restore(step, args=ocp.args.Composite(
+        state=ocp.args.PyTreeRestore(abstract_variables, restore_args=restore_args,
+                                     partial_restore=True)))
     return restored.state
 
   def restore_config(self, step: int | None = None) -> ml_collections.ConfigDict:

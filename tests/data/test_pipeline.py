@@ -84,7 +84,7 @@ def test_train_deterministic_and_resumable(split):
   first = list(itertools.islice(_train(split), 4))
   again = list(itertools.islice(_train(split), 4))
   resumed = list(itertools.islice(_train(split, start_step=2), 2))
-  for x, y in zip(first, again + [], strict=True):
+  for x, y in zip(first, again, strict=True):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
   for x, y in zip(first[2:], resumed, strict=True):

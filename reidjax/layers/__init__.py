@@ -1,0 +1,6 @@
+"""The papers' building blocks, each usable on its own."""
+
+from reidjax.layers.dual_attention import DualAttention
+from reidjax.layers.dual_attention import pair_distance as dual_attention_pair_distance
+from reidjax.layers.dual_attention import pair_distance_flops as dual_attention_pair_distance_flops
+from reidjax.layers.dual_attention import SequenceItems

@@ -7,6 +7,13 @@
 - ``cross_entropy_with_label_smoothing``: softmax cross-entropy with the
   label-smoothing regulariser of Szegedy et al. (2016), q = (1 - eps) y + eps/N,
   as used by the BNNeck baseline ("Bag of Tricks", Eq. 2).
+- DuATM (Si et al., "Dual Attention Matching Network for Context-Aware
+  Feature Sequence based Person Re-Identification", CVPR 2018, Sec. 3.3):
+  ``decorrelation_loss`` (Eq. 7) and ``random_convex_combination`` (the
+  pooling of Eq. 8, whose cross-entropy is
+  ``cross_entropy_with_label_smoothing``). Its triplet loss (Eq. 6, margin
+  0.2, batch-hard over the P x V batch) is ``batch_hard_triplet_loss(None,
+  labels, margin=0.2, distances=DualAttention()(sequences, mask, train=True))``.
 
 All losses are means over the (global) batch, so under ``jax.jit`` with a
 batch sharded over devices they see every example of every device: the
@@ -113,15 +120,6 @@ def cross_entropy_with_label_smoothing(
   loss = optax.softmax_cross_entropy(logits.astype(jnp.float32), targets).mean()
   accuracy = jnp.mean(jnp.argmax(logits, axis=-1) == labels)
   return loss, {"accuracy": accuracy}
-
-
-# DuATM (Si et al., "Dual Attention Matching Network for Context-Aware
-# Feature Sequence based Person Re-Identification", CVPR 2018, Sec. 3.3).
-# Its triplet loss (Eq. 6, margin 0.2, batch-hard mining over the P x V
-# batch) is ``batch_hard_triplet_loss(None, labels, margin=0.2,
-# distances=DualAttention()(sequences, mask, train=True))``; its
-# cross-entropy (Eq. 8) is ``cross_entropy_with_label_smoothing`` on a
-# classifier applied to ``random_convex_combination`` of the sequence.
 
 
 def decorrelation_loss(sequences: jax.Array,

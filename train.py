@@ -82,7 +82,8 @@ def main(argv):
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   else:
     state = state_lib.create_train_state(model, tx, seed=config.seed,
-                                         input_shape=input_shape, mesh=mesh)
+                                         input_shape=input_shape, mesh=mesh,
+                                         backbone_config=config.model.backbone)
   start_step = int(state.step)
 
   train_step = step_lib.make_train_step(get_objective(config.model.name), config.loss,

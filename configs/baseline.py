@@ -43,6 +43,9 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.model.backbone.stage_sizes = (3, 4, 6, 3)
   c.model.backbone.width = 64
   c.model.backbone.last_stride = 1
+  # A torchvision ImageNet state_dict (.pth) or its converted .npz
+  # (python -m reidjax.tools.convert_weights); empty: random init.
+  c.model.backbone.pretrained = ""
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.1

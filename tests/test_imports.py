@@ -1,4 +1,4 @@
-"""The model-side packages must work where TensorFlow is absent (GPU machines)."""
+"""The model-side packages must work without TensorFlow (GPU machines) or torch."""
 
 import subprocess
 import sys
@@ -6,10 +6,12 @@ import sys
 _CODE = """
 import sys
 sys.modules["tensorflow"] = None  # any `import tensorflow` now raises ImportError
+sys.modules["torch"] = None  # torch is only for reading .pth files
 import reidjax.models, reidjax.layers, reidjax.losses, reidjax.train
 import reidjax.train.checkpoint, reidjax.train.step, reidjax.train.state
 import reidjax.evaluate, reidjax.evaluate.runner, reidjax.inference
-assert "tensorflow" not in [m for m in sys.modules if sys.modules[m] is not None]
+loaded = [m for m in sys.modules if sys.modules[m] is not None]
+assert "tensorflow" not in loaded and "torch" not in loaded
 print("ok")
 """
 

@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax.numpy as jnp
 import ml_collections
 
+from reidjax.backbones.densenet import densenet121
 from reidjax.backbones.resnet import ResNet
 from reidjax.models import baseline
 
@@ -21,6 +22,8 @@ Objective = Callable[[dict[str, Any], dict[str, Any], ml_collections.ConfigDict]
                      tuple[Any, dict[str, Any]]]
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# The backbone output a head pools: its last feature map.
+LAST_FEATURE_MAP = {"resnet50": "stage4", "densenet121": "block4"}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -43,14 +46,17 @@ def build_backbone(config: ml_collections.ConfigDict, dtype: str) -> nn.Module:
                   width=config.get("width", 64),
                   last_stride=config.get("last_stride", 1),
                   dtype=compute_dtype(dtype))
+  if config.name == "densenet121":
+    return densenet121(dtype=compute_dtype(dtype))
   raise ValueError(f"Unknown model.backbone.name {config.name!r}; known: "
-                   "['resnet50'].")
+                   "['densenet121', 'resnet50'].")
 
 
 def _build_baseline(config: ml_collections.ConfigDict, num_classes: int):
   return baseline.StrongBaseline(
       backbone=build_backbone(config.backbone, config.get("dtype", "float32")),
       num_classes=num_classes,
+      feature_key=LAST_FEATURE_MAP[config.backbone.name],
       embed_feature=config.get("embed_feature", "bn"))
 
 

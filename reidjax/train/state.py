@@ -11,6 +11,7 @@ import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
+from reidjax.backbones import torchvision_import
 from reidjax.train import sharding
 
 
@@ -42,8 +43,8 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
-                       seed: int, input_shape: tuple[int, ...],
-                       mesh: Mesh) -> TrainState:
+                       seed: int, input_shape: tuple[int, ...], mesh: Mesh,
+                       backbone_config: Any = None) -> TrainState:
   """Initialises a ``TrainState`` replicated over ``mesh``.
 
   Args:
@@ -52,9 +53,21 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
     seed: initialisation seed (also seeds the per-step RNG).
     input_shape: (H, W, C) of one input image (or (T, H, W, C) for clips).
     mesh: the device mesh.
+    backbone_config: the ``model.backbone`` section; when its ``pretrained``
+      names a torchvision ``.pth`` / converted ``.npz`` file, the backbone
+      (submodule ``backbone``) starts from those weights.
   """
-  init = _init_fn(model, tx, seed, input_shape)
-  return jax.jit(init, out_shardings=sharding.replicated(mesh))()
+  replicated = sharding.replicated(mesh)
+  state = jax.jit(_init_fn(model, tx, seed, input_shape), out_shardings=replicated)()
+  if backbone_config is not None and backbone_config.get("pretrained", ""):
+    variables = torchvision_import.apply_pretrained(
+        {"params": state.params, "batch_stats": state.batch_stats},
+        backbone_config, backbone_scope="backbone")
+    # The optimizer state must describe the new parameters.
+    state = state.replace(
+        params=variables["params"], batch_stats=variables["batch_stats"],
+        opt_state=jax.jit(tx.init, out_shardings=replicated)(variables["params"]))
+  return state
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, *,

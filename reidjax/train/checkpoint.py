@@ -43,10 +43,10 @@ class Checkpointer:
            *, force: bool = False) -> bool:
     """Saves when ``step`` is on the interval (or ``force``); returns whether it did.
 
-    A step that is already saved is not saved again (a forced save at the end
-    or on interruption often lands on a periodic one).
+    A forced save of a step that is already saved does nothing (the forced
+    save at the end or on interruption often lands on a periodic one).
     """
-    if step in self._manager.all_steps():
+    if force and step in self._manager.all_steps():
       return False
     return self._manager.save(
         step,

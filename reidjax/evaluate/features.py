@@ -5,6 +5,12 @@ a ``mask`` that is False on padding rows and the dataset ``index`` of each
 row), as ``reidjax.data.pipeline.eval_batches`` yields them; each process
 passes its own slice of every global batch. The output is the (N, D)
 feature matrix in dataset order, on every process.
+
+Flip test-time augmentation (``flip=True``; standard in the ReID "bag of
+tricks" evaluations, e.g. Luo et al., CVPR-W 2019): the feature of an image is
+the average of the features of the image and its horizontal mirror. It
+averages every output leaf, which is right for global vectors and per-frame
+sequences but mixes positions of spatial feature maps.
 """
 
 from __future__ import annotations
@@ -20,11 +26,30 @@ from jax.sharding import Mesh
 from reidjax.train import sharding
 
 
-def make_embed_fn(model: nn.Module, mesh: Mesh) -> Callable:
-  """``(variables, images) -> features``, jitted; features replicated on ``mesh``."""
+def flip_images(images):
+  """Horizontal mirror of (..., H, W, C) images (NHWC, or clips NTHWC)."""
+  return images[..., ::-1, :]
+
+
+def flip_average(embed: Callable[[Any], Any]) -> Callable[[Any], Any]:
+  """Wraps ``f(images)`` into ``(f(x) + f(flip(x))) / 2`` (leaf-wise)."""
+
+  def embed_flip(images):
+    return jax.tree.map(lambda a, b: (a + b) / 2, embed(images),
+                        embed(flip_images(images)))
+
+  return embed_flip
+
+
+def make_embed_fn(model: nn.Module, mesh: Mesh, flip: bool = False) -> Callable:
+  """``(variables, images) -> features``, jitted; features replicated on ``mesh``.
+
+  ``flip=True`` averages with the features of the mirrored images.
+  """
 
   def embed(variables, images):
-    return model.apply(variables, images, method="embed")
+    fn = lambda x: model.apply(variables, x, method="embed")
+    return (flip_average(fn) if flip else fn)(images)
 
   return jax.jit(embed, in_shardings=(sharding.replicated(mesh),
                                       sharding.batch_sharded(mesh)),

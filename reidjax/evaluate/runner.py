@@ -1,7 +1,11 @@
 """Evaluating a model during or after training: embed query and gallery, rank, score.
 
-Embedding models only for now (distances are one matrix product); pair
-models get a tiled pairwise path in the evaluator issue.
+Embedding models: distances are one matrix product (the full matrix, or
+streamed over query tiles with ``streaming=True``). Pair models: the model's
+``pair_distance`` over (query tile x gallery tile) blocks
+(``ranking.evaluate_pair_model``), or only over each query's top
+``rerank_top_k`` of the ranking by the ``"global"`` embedding
+(``ranking.evaluate_two_stage``).
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from reidjax.evaluate import distance, features, metrics
+from reidjax.evaluate import distance, features, metrics, ranking, streaming
 from reidjax.models import interface
 from reidjax.train import progress
 
@@ -32,22 +36,39 @@ class Evaluator:
     metric: ``"cosine"`` or ``"euclidean"``.
     max_rank: length of the CMC curve.
     workdir: if set, every result is appended to ``eval_metrics.jsonl``.
+    flip: flip test-time augmentation (``features.make_embed_fn``).
+    normalize: L2-normalise embeddings before the metric.
+    protocol, num_repeats, seed, camera_filter: see
+      ``metrics.evaluate_ranking`` (``"cuhk03"``: single-gallery-shot CMC).
+    streaming: embedding models: rank from features in query tiles instead of
+      building the (Q, G) matrix (MSMT17-sized sets).
+    rerank_top_k: pair models: re-rank only each query's top K of the
+      ranking by the ``"global"`` embedding; None: full pairwise ranking.
   """
 
   def __init__(self, model: nn.Module, mesh: Mesh, *, query: Any, gallery: Any,
                make_batches: Callable[[Any], Iterable[dict[str, np.ndarray]]],
                metric: str = "cosine", max_rank: int = 50,
-               workdir: str | None = None):
-    if interface.model_kind(model) != interface.EMBEDDING:
-      raise NotImplementedError(
-          f"{type(model).__name__} is a pair model; pair-model ranking is not "
-          "available in this evaluator yet.")
+               workdir: str | None = None, flip: bool = False,
+               normalize: bool = False, protocol: str = "market1501",
+               num_repeats: int = 10, seed: int = 0,
+               camera_filter: bool = True, streaming: bool = False,
+               rerank_top_k: int | None = None):
+    self.kind = interface.model_kind(model)
     self.model, self.mesh = model, mesh
     self.query, self.gallery = query, gallery
     self.make_batches = make_batches
     self.metric, self.max_rank = metric, max_rank
     self.workdir = workdir
-    self._embed = features.make_embed_fn(model, mesh)
+    self.normalize, self.streaming = normalize, streaming
+    self.rerank_top_k = rerank_top_k
+    self._protocol = dict(protocol=protocol, num_repeats=num_repeats,
+                          seed=seed, camera_filter=camera_filter)
+    self._embed = features.make_embed_fn(model, mesh, flip=flip)
+    # One function object for the whole run: the compiled ranking step is
+    # reused at every evaluation (variables are passed as params).
+    self._pair_fn = lambda variables, a, b: model.apply(
+        variables, a, b, method="pair_distance")
 
   def embed(self, variables: Any, split: Any) -> np.ndarray:
     """(N, D) features of every item of ``split``, in order."""
@@ -60,12 +81,35 @@ class Evaluator:
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     query_features = self.embed(variables, self.query)
     gallery_features = self.embed(variables, self.gallery)
-    distmat = np.asarray(distance.pairwise_distance(
-        query_features, gallery_features, metric=self.metric))
-    result = metrics.evaluate_ranking(
-        distmat, self.query.pids, self.gallery.pids, self.query.camids,
-        self.gallery.camids, max_rank=self.max_rank).to_dict()
+    labels = (self.query.pids, self.gallery.pids, self.query.camids,
+              self.gallery.camids)
+    if self.kind == interface.PAIR and self.rerank_top_k:
+      result = ranking.evaluate_two_stage(
+          self._pair_fn, query_features, gallery_features,
+          query_features["global"], gallery_features["global"], *labels,
+          top_k=self.rerank_top_k, metric=self.metric,
+          normalize=self.normalize, mesh=self.mesh, max_rank=self.max_rank,
+          camera_filter=self._protocol["camera_filter"], params=variables)
+    elif self.kind == interface.PAIR:
+      result = ranking.evaluate_pair_model(
+          self._pair_fn, query_features, gallery_features, *labels,
+          mesh=self.mesh, max_rank=self.max_rank, params=variables,
+          **self._protocol)
+    elif self.streaming:
+      result = streaming.evaluate_features(
+          query_features, gallery_features, *labels, metric=self.metric,
+          normalize=self.normalize, mesh=self.mesh, max_rank=self.max_rank,
+          **self._protocol)
+    else:
+      distmat = np.asarray(distance.pairwise_distance(
+          query_features, gallery_features, metric=self.metric,
+          normalize=self.normalize))
+      result = metrics.evaluate_ranking(distmat, *labels,
+                                        max_rank=self.max_rank,
+                                        **self._protocol)
+    result = result.to_dict()
     result.update(step=int(step), metric=self.metric,
+                  protocol=self._protocol["protocol"],
                   seconds=time.perf_counter() - start)
     logging.info("eval @ step %d: mAP %.4f  rank-1 %.4f  mINP %.4f (%d queries, %d "
                  "skipped)", step, result["mAP"], result["rank1"], result["mINP"],

@@ -70,3 +70,41 @@ def test_bad_arguments():
     distance.pairwise_distance(q, g)
   with pytest.raises(ValueError, match="metric must be one of"):
     distance.pairwise_distance(q, q, metric="manhattan")
+
+
+def test_normalize_matches_numpy():
+  q, g = features(8, 6), features(9, 7)
+  qn = q / np.linalg.norm(q.astype(np.float64), axis=1, keepdims=True)
+  gn = g / np.linalg.norm(g.astype(np.float64), axis=1, keepdims=True)
+  expected = ((qn[:, None, :] - gn[None, :, :]) ** 2).sum(-1)
+  result = distance.pairwise_distance(q, g, metric="euclidean",
+                                      normalize=True)
+  np.testing.assert_allclose(np.asarray(result), expected, rtol=0, atol=1e-5)
+  # Normalised: 2 - 2 cos, i.e. twice the cosine distance.
+  cosine = distance.pairwise_distance(q, g, metric="cosine")
+  np.testing.assert_allclose(np.asarray(result), 2 * np.asarray(cosine),
+                             rtol=0, atol=1e-5)
+
+
+def test_flip_average():
+  from reidjax.evaluate import features as features_lib  # pylint: disable=g-import-not-at-top
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(3, 4, 5, 3)).astype(np.float32)  # NHWC
+  w = rng.normal(size=(4 * 5 * 3, 2)).astype(np.float32)
+
+  def embed(x):
+    return {"global": x.reshape(x.shape[0], -1) @ w, "first": x[:, 0, 0, :]}
+
+  out = features_lib.flip_average(embed)(jnp.asarray(images))
+  mirrored = images[:, :, ::-1, :]
+  np.testing.assert_allclose(
+      np.asarray(out["global"]),
+      (images.reshape(3, -1) @ w + mirrored.reshape(3, -1) @ w) / 2,
+      rtol=1e-5, atol=1e-5)
+  # Column 0 of the mirror is the last column: averaged with column 0.
+  np.testing.assert_allclose(np.asarray(out["first"]),
+                             (images[:, 0, 0] + images[:, 0, -1]) / 2)
+  # Clips (N, T, H, W, C): the width axis is still the one flipped.
+  clips = rng.normal(size=(2, 3, 4, 5, 3)).astype(np.float32)
+  np.testing.assert_array_equal(np.asarray(features_lib.flip_images(clips)),
+                                clips[..., ::-1, :])

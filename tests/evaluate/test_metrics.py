@@ -1,6 +1,7 @@
 """Tests for reidjax.evaluate.metrics against the NumPy references."""
 
 import json
+import warnings
 
 import jax.numpy as jnp
 import numpy as np
@@ -66,11 +67,12 @@ def assert_same(result, expected, atol=1e-6):
 @pytest.mark.parametrize("integer", [False, True])
 # query_tile 16 and 7 do not divide 40 queries.
 @pytest.mark.parametrize("query_tile", [None, 16, 7])
-def test_matches_loop_reference(seed, integer, query_tile):
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_matches_loop_reference(seed, integer, query_tile, method):
   problem = make_problem(seed, integer=integer)
   expected = numpy_reference.evaluate_ranking_loop(*problem, max_rank=20)
   result = metrics.evaluate_ranking(*problem, max_rank=20,
-                                    query_tile=query_tile)
+                                    query_tile=query_tile, method=method)
   assert_same(result, expected)
   assert expected.num_skipped_queries >= 3  # the forced edge cases
   assert result.cmc.dtype == np.float64
@@ -86,10 +88,11 @@ def test_vectorized_numpy_matches_loop(seed, integer):
   assert_same(result, expected)
 
 
-def test_fewer_gallery_items_than_max_rank():
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_fewer_gallery_items_than_max_rank(method):
   problem = make_problem(4, num_q=NUM_Q, num_g=30, integer=True)
   expected = numpy_reference.evaluate_ranking_loop(*problem, max_rank=50)
-  result = metrics.evaluate_ranking(*problem, max_rank=50)
+  result = metrics.evaluate_ranking(*problem, max_rank=50, method=method)
   vectorized = numpy_reference.evaluate_ranking_vectorized_numpy(
       *problem, max_rank=50)
   assert_same(result, expected)
@@ -99,13 +102,100 @@ def test_fewer_gallery_items_than_max_rank():
   assert np.all(np.diff(result.cmc) >= 0)
 
 
-def test_infinite_distances_keep_the_tie_rule():
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_infinite_distances_keep_the_tie_rule(method):
   distmat, *labels = make_problem(5, integer=True)
   rng = np.random.default_rng(5)
   distmat[rng.random(distmat.shape) < 0.3] = np.inf  # ties at +inf too
   distmat[rng.random(distmat.shape) < 0.05] = -np.inf
   expected = numpy_reference.evaluate_ranking_loop(distmat, *labels)
-  assert_same(metrics.evaluate_ranking(distmat, *labels), expected)
+  assert_same(metrics.evaluate_ranking(distmat, *labels, method=method),
+              expected)
+
+
+@pytest.mark.parametrize("method", metrics.METHODS)
+def test_negative_distances_and_signed_zeros(method):
+  # Similarity-like scores: negatives, and -0.0 / +0.0, which must tie (the
+  # head method's integer keys must not order them).
+  distmat, *labels = make_problem(8, integer=True)
+  distmat = distmat - 3.0
+  rng = np.random.default_rng(8)
+  zeros = rng.random(distmat.shape) < 0.2
+  distmat[zeros] = np.where(rng.random(zeros.sum()) < 0.5, -0.0, 0.0)
+  assert np.signbit(distmat[distmat == 0]).any()
+  expected = numpy_reference.evaluate_ranking_loop(distmat, *labels)
+  assert_same(metrics.evaluate_ranking(distmat, *labels, method=method),
+              expected)
+
+
+def test_float_keys_order_like_floats():
+  rng = np.random.default_rng(0)
+  x = np.concatenate([rng.normal(size=500).astype(np.float32) * 1e3,
+                      np.float32([0.0, -0.0, np.inf, -np.inf, 1e-40, -1e-40])])
+  keys = metrics.float_keys(x)
+  for i in range(0, x.size, 7):
+    np.testing.assert_array_equal(keys < keys[i], x < x[i])
+    np.testing.assert_array_equal(keys == keys[i], x == x[i])
+
+
+def test_auto_mixes_head_and_kernel_rows(monkeypatch):
+  # Rows whose matches are all near the top (small heads) and rows whose
+  # last match is at the bottom (head = the whole gallery): "auto" sends the
+  # first to the head method and the second to the kernel.
+  distmat, q_pids, g_pids, q_camids, g_camids = make_problem(9)
+  same = q_pids[:, None] == g_pids[None, :]
+  deep = np.arange(NUM_Q) % 2 == 1
+  distmat = np.where(same & ~deep[:, None], distmat * 0.01, distmat)
+  distmat = np.where(same & deep[:, None], 2.0 + distmat, distmat)
+  distmat = distmat.astype(np.float32)
+  calls = []
+  kernel = metrics._match_ranks  # pylint: disable=protected-access
+  monkeypatch.setattr(metrics, "_match_ranks",
+                      lambda *a, **k: calls.append(1) or kernel(*a, **k))
+  expected = numpy_reference.evaluate_ranking_loop(
+      distmat, q_pids, g_pids, q_camids, g_camids)
+  result = metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids,
+                                    g_camids, method="auto")
+  assert_same(result, expected)
+  assert calls  # Deep rows went to the kernel...
+  head, rest = metrics._head_counts(  # pylint: disable=protected-access
+      distmat, metrics.prepare_matches(NUM_Q, NUM_G, q_pids, g_pids, q_camids,
+                                       g_camids)[0], np.arange(NUM_Q),
+      force=False)
+  del head
+  assert 0 < rest.size < deep.sum() + 3  # ...and only those (+ skipped ones).
+  assert set(rest) <= set(np.flatnonzero(deep))
+  # A NaN in a kernel row is caught too.
+  row = rest[0]
+  distmat[row, 100] = np.nan
+  with pytest.raises(ValueError, match=rf"query {row}, gallery 100\)"):
+    metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids)
+
+
+def test_all_same_camera():
+  # One camera everywhere: every same-pid item is removed, nothing is valid.
+  distmat, q_pids, g_pids, _, _ = make_problem(10)
+  zeros_q, zeros_g = np.zeros(NUM_Q, int), np.zeros(NUM_G, int)
+  with pytest.raises(ValueError, match="queries skipped"):
+    metrics.evaluate_ranking(distmat, q_pids, g_pids, zeros_q, zeros_g)
+  # Without the camera filter, same-camera items are matches: the loop
+  # reference with the query in a camera no gallery item has.
+  expected = numpy_reference.evaluate_ranking_loop(
+      distmat, q_pids, g_pids, zeros_q + 1, zeros_g)
+  with pytest.warns(UserWarning, match="optimistic"):
+    result = metrics.evaluate_ranking(distmat, q_pids, g_pids, None, None,
+                                      camera_filter=False)
+  assert_same(result, expected)
+  assert result.num_skipped_queries == 1  # Only the pid absent from gallery.
+
+
+def test_camera_filter_true_needs_camids():
+  distmat, q_pids, g_pids, q_camids, _ = make_problem(0)
+  with pytest.raises(ValueError, match="camera_filter=False"):
+    metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids, None)
+  with warnings.catch_warnings():
+    warnings.simplefilter("error")  # The default path does not warn.
+    metrics.evaluate_ranking(*make_problem(0))
 
 
 def test_jax_array_and_float64_inputs():
@@ -145,11 +235,12 @@ def test_hand_computed(fn, d3, cmc, ap, inp):
 def test_one_compiled_shape_for_all_tiles():
   problem = make_problem(7)
   kernel = metrics._match_ranks  # pylint: disable=protected-access
-  metrics.evaluate_ranking(*problem, query_tile=8)
+  metrics.evaluate_ranking(*problem, query_tile=8, method="count")
   size = kernel._cache_size()  # pylint: disable=protected-access
   # Other data with the same (tile, G, M, K) shapes: 5 tiles, no new compile.
   distmat, *labels = problem
-  metrics.evaluate_ranking(distmat[::-1].copy(), *labels, query_tile=8)
+  metrics.evaluate_ranking(distmat[::-1].copy(), *labels, query_tile=8,
+                           method="count")
   assert kernel._cache_size() == size  # pylint: disable=protected-access
 
 
@@ -186,15 +277,25 @@ def test_shape_errors_name_the_arrays():
   with pytest.raises(ValueError, match="query_tile"):
     metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids,
                              query_tile=0)
+  with pytest.raises(ValueError, match="protocol must be one of"):
+    metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids,
+                             protocol="viper")
+  with pytest.raises(ValueError, match="method must be one of"):
+    metrics.evaluate_ranking(distmat, q_pids, g_pids, q_camids, g_camids,
+                             method="sort")
 
 
-def test_nan_raises():
+@pytest.mark.parametrize("method", metrics.METHODS)
+# Query 0 has no match (skipped); in query 5, gallery 299 is far down its list.
+@pytest.mark.parametrize("query, gallery", [(7, 11), (0, 3), (5, 299)])
+def test_nan_raises(method, query, gallery):
   distmat, *labels = make_problem(0)
-  distmat[7, 11] = np.nan
-  with pytest.raises(ValueError, match=r"NaN.*query 7, gallery 11"):
-    metrics.evaluate_ranking(distmat, *labels)
+  distmat[query, gallery] = np.nan
+  with pytest.raises(ValueError,
+                     match=rf"NaN.*query {query}, gallery {gallery}\)"):
+    metrics.evaluate_ranking(distmat, *labels, method=method)
   with pytest.raises(ValueError, match="NaN"):
-    metrics.evaluate_ranking(jnp.asarray(distmat), *labels)
+    metrics.evaluate_ranking(jnp.asarray(distmat), *labels, method=method)
 
 
 @pytest.mark.parametrize("fn", ALL_IMPLEMENTATIONS)

@@ -1,0 +1,285 @@
+"""Streaming evaluation: rank without ever holding the Q x G distance matrix.
+
+Queries are processed in tiles of ``query_tile`` rows. Each tile is split over
+the ``data`` axis of a mesh (``reidjax.train.sharding.make_data_mesh``); on
+every device one jitted ``shard_map`` step computes the (rows, G) distances of
+its rows and, from them, the 0-based ranks of each row's matches with the
+counting kernel of ``metrics.py`` (and, for the CUHK03 protocol, the
+single-shot ranks). Only those small (rows, M) rank arrays come back to the
+host; the host then computes CMC / mAP / mINP exactly like
+``metrics.evaluate_ranking`` on the full matrix. Peak memory is the gallery
+(replicated on every device) plus one (query_tile / devices, G) distance
+tile per device. Only queries with a match are computed at all.
+
+A match's distance is read from the same materialised distance tile as its
+competitors, so the ranks are exactly those of ``evaluate_ranking`` on the
+matrix made of the tiles. A matrix computed separately (e.g. by
+``distance.pairwise_distance`` on all queries at once) can differ from it by
+rounding: the matmul's accumulation order depends on the number of rows
+(XLA:CPU packs rows in panels). The metrics then agree exactly unless two
+items' distances are within rounding of each other (with integer-valued
+features, whose distances are exact, they always agree).
+
+``run_query_tiles`` is the engine; ``evaluate_features`` is the embedding
+model front end, ``ranking.py`` has the pair-model ones.
+"""
+
+from __future__ import annotations
+
+import functools
+from typing import Any, Callable
+
+import jax
+from jax import lax
+import jax.numpy as jnp
+import numpy as np
+from jax.experimental import multihost_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from reidjax.evaluate import distance, metrics
+from reidjax.train import sharding
+
+# local_fn(row_args, shared, kernel_inputs, *, block) -> dict with "ranks"
+# (b, M) int32, "nan" (b,) bool, and "dist" (b, G) when the protocol needs it.
+LocalFn = Callable[..., dict[str, jax.Array]]
+
+
+def default_streaming_tile(num_devices: int) -> int:
+  """Global query rows per step: 256 on CPU (feeds the matmul), 1024 per
+  accelerator."""
+  per_device = 256 if jax.default_backend() == "cpu" else 1024
+  return per_device * num_devices
+
+
+def put(x, mesh: Mesh, spec: P):
+  """Host array (global, on every process) -> jax.Array with ``spec``."""
+  x = np.asarray(x)
+  return jax.make_array_from_callback(x.shape, NamedSharding(mesh, spec),
+                                      lambda idx: x[idx])
+
+
+def replicate(tree: Any, mesh: Mesh) -> Any:
+  """Puts every leaf of ``tree`` on every device of ``mesh``."""
+  def one(x):
+    if isinstance(x, jax.Array) and x.sharding.is_equivalent_to(
+        NamedSharding(mesh, P()), x.ndim):
+      return x
+    return put(np.asarray(x), mesh, P())
+  return jax.tree.map(one, tree)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+  if jax.process_count() > 1:
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+  return np.asarray(x)
+
+
+@functools.lru_cache(maxsize=64)
+def _build_step(local_fn: LocalFn, mesh: Mesh, block: int,
+                num_repeats: int) -> Callable:
+  """The jitted, shard-mapped step for one local function."""
+
+  def local(row_args, shared, kin, single_shot):
+    out = local_fn(row_args, shared, kin, block=block)
+    dist = out.pop("dist", None)
+    if num_repeats:
+      out["single_shot"] = metrics.single_shot_kernel(
+          dist, **single_shot, num_repeats=num_repeats)
+    return out
+
+  rows = P(sharding.DATA_AXIS)
+
+  def step(row_args, shared, kin, single_shot_rows, single_shot_shared):
+    single_shot = {**single_shot_rows, **single_shot_shared}
+    specs_ss = ({k: rows for k in single_shot_rows}
+                | {k: P() for k in single_shot_shared})
+    return jax.shard_map(
+        lambda a, s, k, ss: local(a, s, k, ss), mesh=mesh,
+        in_specs=(rows, P(), rows, specs_ss), out_specs=rows,
+        check_vma=False)(row_args, shared, kin, single_shot)
+
+  return jax.jit(step)
+
+
+def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
+                    matches: metrics.Matches, labels: dict[str, np.ndarray],
+                    *, mesh: Mesh | None = None,
+                    query_tile: int | None = None, max_rank: int = 50,
+                    protocol: str = "market1501", num_repeats: int = 10,
+                    seed: int = 0, what: str = "distances"
+                    ) -> metrics.RankingMetrics:
+  """Runs ``local_fn`` over tiles of the queries that have a match.
+
+  Args:
+    local_fn: a hashable pure function ``(row_args, shared, kernel_inputs, *,
+      block) -> {"ranks": (b, M) int32, "nan": (b,) bool[, "dist": (b, G)]}``
+      of one device's rows (see ``evaluate_features`` for an example).
+    row_args: pytree of host arrays with a leading query axis (Q, ...).
+    shared: pytree of arrays every device sees whole (gallery side).
+    matches, labels: from ``metrics.prepare_matches``.
+    mesh: mesh with a ``data`` axis; default: all devices.
+    query_tile: global rows per step (rounded up to a multiple of
+      devices x kernel block); None: ``default_streaming_tile``.
+    max_rank, protocol, num_repeats, seed: as ``metrics.evaluate_ranking``.
+    what: what local_fn computes, for the NaN error message.
+
+  Returns:
+    ``metrics.RankingMetrics``.
+  """
+  mesh = sharding.make_data_mesh() if mesh is None else mesh
+  devices = mesh.shape[sharding.DATA_AXIS]
+  if query_tile is None:
+    query_tile = default_streaming_tile(devices)
+  local = -(-int(query_tile) // devices)
+  block = metrics.kernel_block(local)
+  local = -(-local // block) * block
+  valid = np.flatnonzero(matches.num_matches > 0)
+  if valid.size == 0:
+    raise ValueError(f"No query has a match in the gallery (all "
+                     f"{matches.num_matches.size} queries skipped): check the "
+                     "pids and camids.")
+  # No more rows per step than there are valid queries (fewer padded rows).
+  needed = -(-valid.size // devices)
+  local = min(local, -(-needed // block) * block)
+  tile = local * devices
+  cuhk03 = protocol == "cuhk03"
+  if cuhk03:
+    groups = metrics.single_shot_groups(matches, labels)
+    ss_shared = replicate(dict(
+        gallery_order=groups.gallery_order, group_start=groups.group_start,
+        group_size=groups.group_size, seed=np.uint32(seed)), mesh)
+  else:
+    ss_shared = {}
+  step = _build_step(local_fn, mesh, block, num_repeats if cuhk03 else 0)
+  shared = replicate(shared, mesh)
+  row_spec = P(sharding.DATA_AXIS)
+
+  pending = []
+  for lo in range(0, valid.size, tile):
+    rows = valid[lo:lo + tile]
+    src = np.full(tile, rows[0])
+    src[:rows.size] = rows
+    args = jax.tree.map(lambda x, s=src: put(np.asarray(x)[s], mesh,
+                                              row_spec), row_args)
+    kin = metrics.kernel_inputs(rows, matches, tile, shards=devices)
+    kin = {k: put(v, mesh, row_spec) for k, v in kin.items()}
+    ss_rows = {}
+    if cuhk03:
+      ss_rows = {k: put(v, mesh, row_spec) for k, v in
+                 metrics.single_shot_inputs(rows, matches, groups,
+                                            tile).items()}
+    pending.append((rows, step(args, shared, kin, ss_rows, ss_shared)))
+
+  ranks = np.zeros((valid.size, matches.match_idx.shape[1]), np.int64)
+  single_shot = (np.zeros((valid.size, num_repeats), np.int64) if cuhk03
+                 else None)
+  for i, (rows, out) in enumerate(pending):
+    n = rows.size
+    nan = to_host(out["nan"])[:n]
+    if nan.any():
+      raise ValueError(
+          f"The {what} of query {rows[np.argmax(nan)]} contain NaN; NaN "
+          "cannot be ranked. Check the features / the model.")
+    at = slice(i * tile, i * tile + n)
+    ranks[at] = to_host(out["ranks"])[:n]
+    if cuhk03:
+      single_shot[at] = to_host(out["single_shot"])[:n]
+  return metrics.finish_metrics(ranks, matches.num_matches[valid], max_rank,
+                                matches.num_matches.size, single_shot)
+
+
+# ----------------------------------------------------------------------------
+# Embedding models.
+
+
+@functools.lru_cache(maxsize=None)
+def feature_local_fn(metric: str) -> LocalFn:
+  """Local step for prepared features: distances by matmul, then ranks."""
+
+  def local_fn(row_args, shared, kin, *, block):
+    # Materialised once: fused into several consumers, XLA may round the
+    # distance differently in each (e.g. FMA), and a match would then be
+    # compared with a slightly different copy of itself.
+    dist = lax.optimization_barrier(distance.prepared_distance(
+        row_args, shared["features"], metric=metric,
+        g_sq=shared.get("g_sq")))
+    return dict(ranks=metrics.match_ranks_kernel(dist, **kin, block=block),
+                nan=jnp.isnan(dist).any(axis=1), dist=dist)
+
+  return local_fn
+
+
+_prepare = distance._prepare  # pylint: disable=protected-access
+
+
+def prepare_pair(q: np.ndarray, g: np.ndarray, metric: str, normalize: bool,
+                 eps: float, mesh: Mesh):
+  """Prepared features as ``pairwise_distance`` prepares them: the gallery
+  side ({"features", "g_sq" (euclidean)} on the mesh) and the queries (host).
+  The step then only multiplies."""
+  if (metric == "euclidean" and not normalize and q.dtype == np.float32
+      and g.dtype == np.float32):  # Nothing to do: no extra gallery copy.
+    gallery, queries = replicate(g, mesh), q
+  else:
+    prep = functools.partial(_prepare, metric=metric,
+                             normalize=bool(normalize), eps=float(eps))
+    gallery, queries = prep(replicate(g, mesh)), np.asarray(prep(
+        jnp.asarray(q)))
+  shared = {"features": gallery}
+  if metric == "euclidean":
+    shared["g_sq"] = distance.compute_squared_norms(gallery)
+  return shared, queries
+
+
+def check_features(query_features, gallery_features):
+  q = np.asarray(query_features)
+  g = np.asarray(gallery_features)
+  if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1] or not (
+      q.size and g.size):
+    raise ValueError(
+        "query_features (Q, D) and gallery_features (G, D) must be non-empty "
+        f"2-D arrays with the same D, got shapes {q.shape} and {g.shape}.")
+  return q, g
+
+
+def evaluate_features(query_features, gallery_features, query_pids,
+                      gallery_pids, query_camids, gallery_camids, *,
+                      metric: str = "euclidean", normalize: bool = False,
+                      eps: float = 1e-12, max_rank: int = 50,
+                      query_tile: int | None = None, mesh: Mesh | None = None,
+                      protocol: str = "market1501", num_repeats: int = 10,
+                      seed: int = 0, camera_filter: bool = True
+                      ) -> metrics.RankingMetrics:
+  """CMC / mAP / mINP straight from features, streamed over query tiles.
+
+  Same result as ``evaluate_ranking(pairwise_distance(q, g, metric,
+  normalize=...), ...)`` without the (Q, G) matrix (see module doc).
+
+  Args:
+    query_features: (Q, D) host array (each process passes all of it).
+    gallery_features: (G, D) host array; replicated on every device.
+    query_pids, query_camids, gallery_pids, gallery_camids: labels as
+      ``evaluate_ranking``.
+    metric, normalize, eps: as ``distance.pairwise_distance``.
+    max_rank, protocol, num_repeats, seed, camera_filter: as
+      ``evaluate_ranking``.
+    query_tile: global query rows per step; None: 256 per CPU device, 1024 per
+      accelerator.
+    mesh: a mesh with a ``data`` axis; default all devices.
+
+  Returns:
+    ``metrics.RankingMetrics``.
+  """
+  distance.check_metric(metric)
+  q, g = check_features(query_features, gallery_features)
+  matches, labels = metrics.prepare_matches(
+      q.shape[0], g.shape[0], query_pids, gallery_pids, query_camids,
+      gallery_camids, camera_filter=camera_filter,
+      what="the features give Q x G")
+  metrics.check_options(max_rank, query_tile, protocol, num_repeats)
+  mesh = sharding.make_data_mesh() if mesh is None else mesh
+  shared, queries = prepare_pair(q, g, metric, normalize, eps, mesh)
+  return run_query_tiles(
+      feature_local_fn(metric), queries, shared, matches, labels, mesh=mesh,
+      query_tile=query_tile, max_rank=max_rank, protocol=protocol,
+      num_repeats=num_repeats, seed=seed, what="feature distances")

@@ -98,7 +98,10 @@ def main(argv):
       model, mesh, query=dataset.query, gallery=dataset.gallery,
       make_batches=functools.partial(pipeline.eval_batches, batch_size=cfg_data.eval_batch_size,
                                      height=cfg_data.height, width=cfg_data.width, **process),
-      metric=config.eval.metric, max_rank=config.eval.max_rank, workdir=workdir)
+      metric=config.eval.metric, max_rank=config.eval.max_rank, workdir=workdir,
+      flip=config.eval.flip, normalize=config.eval.normalize, protocol=config.eval.protocol,
+      num_repeats=config.eval.num_repeats, seed=config.seed,
+      camera_filter=config.eval.camera_filter, streaming=config.eval.streaming)
   logger = progress.ProgressLogger(workdir, total_steps=total_steps, start_step=start_step,
                                    global_batch_size=global_batch,
                                    every_steps=config.train.log_every_steps)

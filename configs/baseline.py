@@ -75,6 +75,12 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.eval = ml_collections.ConfigDict()
   c.eval.metric = "cosine"  # or "euclidean" (squared)
   c.eval.max_rank = 50
+  c.eval.normalize = False  # L2-normalise features before the distance
+  c.eval.flip = False  # average the features of each image and its mirror
+  c.eval.protocol = "market1501"  # or "cuhk03" (single-gallery-shot)
+  c.eval.num_repeats = 10  # cuhk03 only
+  c.eval.camera_filter = True  # False for data without camera ids
+  c.eval.streaming = False  # never build the Q x G matrix (MSMT17 scale)
 
   if arg == "synthetic":
     c.data.name = "synthetic"

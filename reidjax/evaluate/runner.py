@@ -28,7 +28,7 @@ class Evaluator:
   """Scores a train state on a query / gallery pair of splits.
 
   Attributes:
-    model: the Flax module (an embedding model).
+    model: the Flax module (an embedding or a pair model).
     mesh: the data mesh.
     query, gallery: splits with ``pids`` and ``camids`` (``ImageSplit``).
     make_batches: ``split -> iterable of eval batches`` (images, mask, index),

@@ -125,6 +125,7 @@ def main(argv):
       evaluator.run(state, step)
       logger.reset_timer(step)
 
+  batches.close()  # Stop the training pipeline's background prefetching.
   ckpt.save(total_steps, state, config, force=True)
   ckpt.wait()
   results = evaluator.run(state, total_steps)

@@ -15,6 +15,8 @@ import ml_collections
 import numpy as np
 import pytest
 
+from tests.backbones.util import abstract_init, num_entries
+
 from reidjax.backbones import densenet
 from reidjax.backbones.densenet import DenseLayer
 from reidjax.backbones.densenet import DenseNet
@@ -24,16 +26,6 @@ from reidjax.models import registry
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _EPS = 1e-5
-
-
-def _abstract_init(model, shape=(1, 256, 128, 3)):
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), x)
-
-
-def _num(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
 
 
 def _tiny(**kwargs):
@@ -59,7 +51,7 @@ def _variables(model, shape, seed=0):
       return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
     return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
 
-  return jax.tree_util.tree_map_with_path(draw, _abstract_init(model, shape))
+  return jax.tree_util.tree_map_with_path(draw, abstract_init(model, shape))
 
 
 # One compiled program per forward: eager (op-by-op) execution compiles every
@@ -87,23 +79,23 @@ def _bn_channels_by_hand(growth=32, blocks=(6, 12, 24, 16), init=64,
 
 
 def test_densenet121_parameter_count():
-  variables = _abstract_init(densenet121())
+  variables = abstract_init(densenet121())
   # torchvision densenet121: 7,978,856 minus classifier (1024 * 1000 + 1000).
-  assert _num(variables["params"]) == 7_978_856 - 1_025_000 == 6_953_856
+  assert num_entries(variables["params"]) == 7_978_856 - 1_025_000 == 6_953_856
 
 
 def test_densenet121_batch_stats_match_bn_channels():
-  variables = _abstract_init(densenet121())
+  variables = abstract_init(densenet121())
   bn_channels = sum(
       int(np.prod(leaf.shape))
       for path, leaf in flax.traverse_util.flatten_dict(
           variables["params"]).items() if path[-1] == "scale")
   assert bn_channels == _bn_channels_by_hand() == 41_824
-  assert _num(variables["batch_stats"]) == 2 * 41_824
+  assert num_entries(variables["batch_stats"]) == 2 * 41_824
 
 
 def test_densenet121_module_names():
-  params = _abstract_init(densenet121())["params"]
+  params = abstract_init(densenet121())["params"]
   assert sorted(params) == sorted(
       ["conv0", "norm0", "norm5"] + [f"denseblock{i}" for i in range(1, 5)]
       + [f"transition{i}" for i in range(1, 4)])
@@ -129,7 +121,7 @@ def test_densenet121_module_names():
 def test_densenet121_output_shapes(hw, maps):
   model = densenet121()
   x = jax.ShapeDtypeStruct((2, *hw, 3), jnp.float32)
-  variables = _abstract_init(model)
+  variables = abstract_init(model)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
                        variables, x)
   assert sorted(out) == ["block1", "block2", "block3", "block4", "pooled"]
@@ -214,7 +206,7 @@ def test_bfloat16_compute_float32_params():
                             num_init_features=8, bn_size=2)
   model = small(dtype=jnp.bfloat16)
   x = np.random.RandomState(1).normal(size=(2, 40, 32, 3)).astype(np.float32)
-  for leaf in jax.tree.leaves(_abstract_init(model, x.shape)):
+  for leaf in jax.tree.leaves(abstract_init(model, x.shape)):
     assert leaf.dtype == jnp.float32  # init makes float32 params and stats
   variables = _variables(model, x.shape)
 

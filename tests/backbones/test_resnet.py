@@ -11,6 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests.backbones.util import abstract_init, num_entries
+
 from reidjax.backbones import Bottleneck
 from reidjax.backbones import ResNet
 from reidjax.backbones import resnet50
@@ -20,28 +22,18 @@ _DN = ("NHWC", "HWIO", "NHWC")
 _EPS = 1e-5
 
 
-def _abstract_init(model, shape=(1, 256, 128, 3)):
-  x = jax.ShapeDtypeStruct(shape, jnp.float32)
-  return jax.eval_shape(
-      lambda x: model.init(jax.random.key(0), x, train=False), x)
-
-
 def _tiny(**kwargs):
   return ResNet(stage_sizes=(1, 1, 1, 1), width=8, **kwargs)
 
 
-def _num(tree):
-  return sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(tree))
-
-
 def test_resnet50_parameter_count():
-  variables = _abstract_init(resnet50())
+  variables = abstract_init(resnet50())
   # torchvision resnet50: 25,557,032 minus fc (2048 * 1000 + 1000).
-  assert _num(variables["params"]) == 23_508_032
+  assert num_entries(variables["params"]) == 23_508_032
 
 
 def test_resnet50_batch_stats_match_bn_channels():
-  variables = _abstract_init(resnet50())
+  variables = abstract_init(resnet50())
   bn_channels = sum(
       int(np.prod(leaf.shape))
       for path, leaf in flax.traverse_util.flatten_dict(
@@ -51,7 +43,7 @@ def test_resnet50_batch_stats_match_bn_channels():
   by_hand = 64 + sum(n * 6 * w + 4 * w
                      for n, w in zip((3, 4, 6, 3), (64, 128, 256, 512)))
   assert bn_channels == by_hand == 26_560
-  assert _num(variables["batch_stats"]) == 2 * 26_560 == 53_120
+  assert num_entries(variables["batch_stats"]) == 2 * 26_560 == 53_120
 
 
 def _torch_key(path):
@@ -83,7 +75,7 @@ def _torchvision_resnet50_keys():
 
 
 def test_resnet50_names_map_onto_torchvision():
-  variables = _abstract_init(resnet50())
+  variables = abstract_init(resnet50())
   flat = flax.traverse_util.flatten_dict(variables)
   mapped = {_torch_key(path): leaf.shape for path, leaf in flat.items()}
   assert len(mapped) == len(flat)
@@ -109,7 +101,7 @@ def test_resnet50_names_map_onto_torchvision():
 def test_resnet50_stage_shapes(last_stride, stage4_hw):
   model = resnet50(last_stride=last_stride)
   x = jax.ShapeDtypeStruct((2, 256, 128, 3), jnp.float32)
-  variables = _abstract_init(model)
+  variables = abstract_init(model)
   out = jax.eval_shape(lambda v, x: model.apply(v, x, train=False),
                        variables, x)
   assert sorted(out) == ["stage1", "stage2", "stage3", "stage4"]

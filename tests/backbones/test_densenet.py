@@ -15,14 +15,13 @@ import ml_collections
 import numpy as np
 import pytest
 
-from tests.backbones.util import abstract_init, num_entries
-
 from reidjax.backbones import densenet
 from reidjax.backbones.densenet import DenseLayer
 from reidjax.backbones.densenet import DenseNet
 from reidjax.backbones.densenet import Transition
 from reidjax.backbones.densenet import densenet121
 from reidjax.models import registry
+from tests.backbones.util import abstract_init, num_entries
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _EPS = 1e-5

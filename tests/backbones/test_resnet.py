@@ -11,12 +11,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from tests.backbones.util import abstract_init, num_entries
-
 from reidjax.backbones import Bottleneck
 from reidjax.backbones import ResNet
 from reidjax.backbones import resnet50
 from reidjax.backbones import resnet
+from tests.backbones.util import abstract_init, num_entries
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _EPS = 1e-5

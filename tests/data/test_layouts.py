@@ -98,8 +98,8 @@ def test_registry(tmp_path):
   root = _make_market(tmp_path)
   ds = layouts.parse_dataset("market1501", str(root))
   assert len(ds.gallery) == 5
-  with pytest.raises(ValueError, match="known layouts: market1501"):
-    layouts.parse_dataset("dukemtmc", str(root))
+  with pytest.raises(ValueError, match="Unknown dataset layout 'nope'.*market1501"):
+    layouts.parse_dataset("nope", str(root))
 
 
 def _assert_help(msg):

@@ -115,14 +115,21 @@ def check_statistics(dataset: ImageDataset, expected: Stats) -> bool:
   return True
 
 
-def _resolve_root(root: str, *, label: str, archive_dirs: tuple[str, ...],
-                  splits: tuple[str, ...], help_text: str) -> str:
-  """Returns the folder (root or root/<archive dir>) holding `splits`."""
+def _candidate_roots(root: str, *, label: str, archive_dirs: tuple[str, ...],
+                     help_text: str) -> list[str]:
+  """[root, root/<archive dir>, ...]; raises if `root` is not a folder."""
   if not os.path.isdir(root):
     raise DatasetNotFoundError(
         f"{label} root {root!r} does not exist or is not a folder.\n"
         f"{help_text}")
-  candidates = [root] + [os.path.join(root, a) for a in archive_dirs]
+  return [root] + [os.path.join(root, a) for a in archive_dirs]
+
+
+def _resolve_root(root: str, *, label: str, archive_dirs: tuple[str, ...],
+                  splits: tuple[str, ...], help_text: str) -> str:
+  """Returns the folder (root or root/<archive dir>) holding `splits`."""
+  candidates = _candidate_roots(root, label=label, archive_dirs=archive_dirs,
+                                help_text=help_text)
   for cand in candidates:
     if all(os.path.isdir(os.path.join(cand, s)) for s in splits):
       return cand
@@ -381,11 +388,9 @@ MSMT17: request the archive from the authors of Wei et al., CVPR 2018
 
 def _resolve_msmt_root(root: str) -> tuple[str, str, str]:
   """Returns (base, train folder, test folder) of an MSMT17 copy."""
-  if not os.path.isdir(root):
-    raise DatasetNotFoundError(
-        f"MSMT17 root {root!r} does not exist or is not a folder.\n"
-        f"{MSMT17_HELP}")
-  candidates = [root] + [os.path.join(root, a) for a in MSMT17_ARCHIVE_DIRS]
+  candidates = _candidate_roots(root, label="MSMT17",
+                                archive_dirs=MSMT17_ARCHIVE_DIRS,
+                                help_text=MSMT17_HELP)
   for cand in candidates:
     for train_dir, test_dir in MSMT17_VERSIONS.values():
       if (os.path.isdir(os.path.join(cand, train_dir))

@@ -1,6 +1,7 @@
 """Tests for the DukeMTMC, Occluded-Duke, MSMT17 and custom layout parsers."""
 
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -91,9 +92,7 @@ def test_duke_missing_root_and_split(tmp_path):
   with pytest.raises(layouts.DatasetNotFoundError, match="does not exist"):
     layouts.parse_dukemtmc(str(tmp_path / "nope"))
   base = _make_duke(tmp_path / layouts.DUKEMTMC_ARCHIVE_DIR)
-  for f in (base / "bounding_box_test").iterdir():
-    f.unlink()
-  (base / "bounding_box_test").rmdir()
+  shutil.rmtree(base / "bounding_box_test")
   with pytest.raises(FileNotFoundError) as e:
     layouts.parse_dukemtmc(str(tmp_path))
   msg = str(e.value)

@@ -1,7 +1,6 @@
 """DuATM's losses (Si et al. CVPR 2018, Eq. 6-8) against NumPy."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 

@@ -14,7 +14,6 @@ import pathlib
 import subprocess
 import sys
 
-import chex
 import flax
 import jax
 import jax.numpy as jnp

@@ -20,6 +20,6 @@ except RuntimeError as e:  # TF's devices were already initialised.
         "JAX. Import reidjax.data first. (%s)",
         tf.config.get_visible_devices("GPU"), e)
 
-from reidjax.data.index import ImageDataset, ImageSplit  # pylint: disable=g-import-not-at-top
+from reidjax.data.index import ImageDataset, ImageSplit, VideoDataset, VideoSplit, is_video  # pylint: disable=g-import-not-at-top
 
-__all__ = ["ImageDataset", "ImageSplit"]
+__all__ = ["ImageDataset", "ImageSplit", "VideoDataset", "VideoSplit", "is_video"]

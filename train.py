@@ -20,7 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reidjax.data import datasets, pipeline, transforms
+from reidjax.data import clips, datasets, pipeline, transforms
+from reidjax.data.index import VideoDataset
 from reidjax.data.sampler import IdentitySampler
 from reidjax.evaluate import runner
 from reidjax.models import build_model, get_objective
@@ -45,6 +46,37 @@ class StopRequest:
     self.signum = signum
 
 
+def make_pipelines(cfg, dataset, readers, *, seed, start_step, process):
+  """The training stream, and the evaluator's batch maker and clip planner.
+
+  Returns:
+    (train batches, make_batches, test_clips): ``test_clips`` is None for
+    image data.
+  """
+  augment = transforms.AugmentConfig(height=cfg.height, width=cfg.width, flip=cfg.flip,
+                                     pad=cfg.pad, random_erasing=cfg.random_erasing)
+  sampling = dict(num_identities=cfg.num_identities, num_instances=cfg.num_instances,
+                  augment=augment, seed=seed, start_step=start_step,
+                  reader=readers["train"], skip_corrupt=cfg.skip_corrupt, **process)
+  evaluation = dict(batch_size=cfg.eval_batch_size, height=cfg.height, width=cfg.width,
+                    **process)
+  reader = lambda split: readers["query"] if split is dataset.query else readers["gallery"]
+  if not cfg.video:
+    batches = pipeline.train_batches(dataset.train, **sampling)
+    make_batches = lambda split: pipeline.eval_batches(split, reader=reader(split),
+                                                       **evaluation)
+    return batches, make_batches, None
+  batches = pipeline.train_clip_batches(
+      dataset.train, clip_length=cfg.clip_length, strategy=cfg.train_clip_strategy,
+      stride=cfg.clip_stride, **sampling)
+  make_batches = lambda split, plan: pipeline.eval_clip_batches(
+      split, plan, reader=reader(split), **evaluation)
+  test_clips = functools.partial(clips.plan_test_clips, clip_length=cfg.test_clip_length,
+                                 strategy=cfg.test_clip_strategy,
+                                 stride=cfg.test_clip_stride)
+  return batches, make_batches, test_clips
+
+
 def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
@@ -55,8 +87,12 @@ def main(argv):
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
 
   # Data.
-  dataset = datasets.load_dataset(config.data)
+  dataset, readers = datasets.load_data(config.data)
   logging.info("%s", dataset.summary())
+  if config.data.video != isinstance(dataset, VideoDataset):
+    raise ValueError(f"data.video is {config.data.video} but {dataset.name} is "
+                     f"{'a video' if isinstance(dataset, VideoDataset) else 'an image'} "
+                     "dataset; set --config.data.video accordingly.")
   with config.unlocked():
     config.model.num_classes = dataset.num_train_pids
   cfg_data = config.data
@@ -72,36 +108,37 @@ def main(argv):
   model = build_model(config.model, config.model.num_classes)
   schedule = optimizer.make_schedule(config.schedule, lr=config.optimizer.lr,
                                      steps_per_epoch=steps_per_epoch)
-  tx = optimizer.make_optimizer(config.optimizer, schedule)
-  input_shape = (cfg_data.height, cfg_data.width, 3)
+  tx = optimizer.make_optimizer(config.optimizer, schedule, steps_per_epoch=steps_per_epoch)
+  shape = state_lib.model_input_shape(cfg_data)
+  if config.optimizer.get("freeze_backbone_epochs", 0) and not config.model.backbone.pretrained:
+    logging.warning("optimizer.freeze_backbone_epochs = %s with a randomly initialised "
+                    "backbone: it stays random for that long. Set "
+                    "model.backbone.pretrained to an ImageNet checkpoint, or set "
+                    "freeze_backbone_epochs=0.", config.optimizer.freeze_backbone_epochs)
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state_lib.abstract_train_state(model, tx, input_shape=input_shape,
+    state = ckpt.restore(state_lib.abstract_train_state(model, tx, input_shape=shape,
                                                         mesh=mesh))
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   else:
     state = state_lib.create_train_state(model, tx, seed=config.seed,
-                                         input_shape=input_shape, mesh=mesh,
+                                         input_shape=shape, mesh=mesh,
                                          backbone_config=config.model.backbone)
   start_step = int(state.step)
 
   train_step = step_lib.make_train_step(get_objective(config.model.name), config.loss,
                                         mesh, schedule)
-  augment = transforms.AugmentConfig(height=cfg_data.height, width=cfg_data.width,
-                                     flip=cfg_data.flip, pad=cfg_data.pad,
-                                     random_erasing=cfg_data.random_erasing)
-  batches = pipeline.train_batches(dataset.train, num_identities=cfg_data.num_identities,
-                                   num_instances=cfg_data.num_instances, augment=augment,
-                                   seed=config.seed, start_step=start_step, **process)
+  batches, make_batches, test_clips = make_pipelines(
+      cfg_data, dataset, readers, seed=config.seed, start_step=start_step, process=process)
   evaluator = runner.Evaluator(
-      model, mesh, query=dataset.query, gallery=dataset.gallery,
-      make_batches=functools.partial(pipeline.eval_batches, batch_size=cfg_data.eval_batch_size,
-                                     height=cfg_data.height, width=cfg_data.width, **process),
+      model, mesh, query=dataset.query, gallery=dataset.gallery, make_batches=make_batches,
+      test_clips=test_clips, clip_pooling=config.eval.get("clip_pooling", "mean"),
       metric=config.eval.metric, max_rank=config.eval.max_rank, workdir=workdir,
       flip=config.eval.flip, normalize=config.eval.normalize, protocol=config.eval.protocol,
       num_repeats=config.eval.num_repeats, seed=config.seed,
-      camera_filter=config.eval.camera_filter, streaming=config.eval.streaming)
+      camera_filter=config.eval.camera_filter, streaming=config.eval.streaming,
+      rerank_top_k=config.eval.get("rerank_top_k", 0) or None)
   logger = progress.ProgressLogger(workdir, total_steps=total_steps, start_step=start_step,
                                    global_batch_size=global_batch,
                                    every_steps=config.train.log_every_steps)

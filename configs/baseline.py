@@ -5,39 +5,35 @@ Usage:
   python train.py --config configs/baseline.py:market1501 \
       --config.data.root=/data/Market-1501-v15.09.15 --workdir /tmp/market
 
-Arguments:
+Arguments: any dataset of ``configs/common.py``.
   synthetic   CPU quick start: the generated Market-layout set, a ResNet-50
               shrunk in depth and width, 64x32 inputs, a few minutes on 2 cores.
-  market1501  The BoT recipe: ResNet-50 (last stride 1), 256x128, P16 x K4,
+  synthetic_video  The same for video: the generated MARS-layout set,
+              4-frame clips, frame features averaged over time.
+  <dataset>   The BoT recipe: ResNet-50 (last stride 1), 256x128, P16 x K4,
               Adam 3.5e-4 with 10 warm-up epochs, x0.1 at 40 and 70, 120 epochs,
               label smoothing 0.1, triplet margin 0.3, random erasing 0.5.
+              Video sets: the same per frame, features averaged over the
+              frames of a clip and over the clips of a tracklet.
 """
 
 import ml_collections
 
+from configs import common
+
 
 def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
-  if arg not in ("synthetic", "market1501"):
-    raise ValueError(f"configs/baseline.py takes ':synthetic' or ':market1501', got {arg!r}.")
+  common.check_dataset(arg, "configs/baseline.py")
   c = ml_collections.ConfigDict()
   c.seed = 0
-
-  c.data = ml_collections.ConfigDict()
-  c.data.name = "market1501"
-  c.data.root = ml_collections.FieldReference("", field_type=str)
-  c.data.height, c.data.width = 256, 128
-  c.data.num_identities = 16  # P
-  c.data.num_instances = 4  # K
-  c.data.flip = True
-  c.data.pad = 10
-  c.data.random_erasing = 0.5
-  c.data.eval_batch_size = 128
+  c.data = common.data_config(arg)
 
   c.model = ml_collections.ConfigDict()
   c.model.name = "baseline"
   c.model.num_classes = -1  # Filled from the training split.
   c.model.dtype = "float32"  # "bfloat16" on GPUs.
   c.model.embed_feature = "bn"
+  c.model.video = c.data.get_ref("video")
   c.model.backbone = ml_collections.ConfigDict()
   c.model.backbone.name = "resnet50"
   c.model.backbone.stage_sizes = (3, 4, 6, 3)
@@ -66,39 +62,31 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.schedule.milestones = (40, 70)
   c.schedule.gamma = 0.1
 
-  c.train = ml_collections.ConfigDict()
-  c.train.log_every_steps = 50
-  c.train.checkpoint_every_steps = 1000
-  c.train.keep_checkpoints = 3
-  c.train.eval_every_epochs = 40  # 0: only at the end.
+  c.train = common.train_config()
+  c.eval = common.eval_config(arg)
 
-  c.eval = ml_collections.ConfigDict()
-  c.eval.metric = "cosine"  # or "euclidean" (squared)
-  c.eval.max_rank = 50
-  c.eval.normalize = False  # L2-normalise features before the distance
-  c.eval.flip = False  # average the features of each image and its mirror
-  c.eval.protocol = "market1501"  # or "cuhk03" (single-gallery-shot)
-  c.eval.num_repeats = 10  # cuhk03 only
-  c.eval.camera_filter = True  # False for data without camera ids
-  c.eval.streaming = False  # never build the Q x G matrix (MSMT17 scale)
-
-  if arg == "synthetic":
-    c.data.name = "synthetic"
-    c.data.root = "data/synthetic_market"
-    # reidjax.data.synthetic.write_synthetic_market arguments.
-    c.data.synthetic = ml_collections.ConfigDict(dict(
-        num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
-        num_distractors=150, num_junk=50, seed=0))
+  if arg in ("synthetic", "synthetic_video"):
     c.data.height, c.data.width = 64, 32
     c.data.pad = 4
     c.model.backbone.stage_sizes = (1, 1, 1, 1)
     c.model.backbone.width = 16
-    # 300 ids / P16 = 18 steps an epoch: 2340 steps, ~6 min on 2 CPU cores.
-    c.schedule.epochs = 130
-    c.schedule.warmup_epochs = 5
-    c.schedule.milestones = (90, 115)
     c.optimizer.lr = 1e-3
     c.train.log_every_steps = 200
     c.train.checkpoint_every_steps = 500
     c.train.eval_every_epochs = 0
+  if arg == "synthetic":
+    # reidjax.data.synthetic.write_synthetic_market arguments.
+    c.data.synthetic = ml_collections.ConfigDict(dict(
+        num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
+        num_distractors=150, num_junk=50, seed=0))
+    # 300 ids / P16 = 18 steps an epoch: 2340 steps, ~6 min on 2 CPU cores.
+    c.schedule.epochs = 130
+    c.schedule.warmup_epochs = 5
+    c.schedule.milestones = (90, 115)
+  if arg == "synthetic_video":
+    # reidjax.data.synthetic_video.write_synthetic_mars arguments (its defaults).
+    c.data.synthetic = ml_collections.ConfigDict(dict(seed=0))
+    c.schedule.epochs = 60
+    c.schedule.warmup_epochs = 3
+    c.schedule.milestones = (40, 52)
   return c

@@ -2,9 +2,14 @@
 
   embedder = ReidEmbedder.from_workdir("workdirs/quickstart")
   features = embedder.embed(images)        # (N, H, W, 3) uint8 RGB -> (N, D)
+  dist = embedder.distance(query_features, gallery_features)   # (Q, G)
+  order = np.argsort(dist, axis=1)         # each query's gallery ranking
 
-The checkpoint carries the run's config, so nothing but the workdir is
-needed; it restores onto whatever devices this process has.
+Video models take clips, (N, T, H, W, 3). Pair models (DuATM) return a dict
+of per-item arrays from ``embed``; ``distance`` then runs the model's
+``pair_distance`` in tiles. The checkpoint carries the run's config, so
+nothing but the workdir is needed; it restores onto whatever devices this
+process has.
 """
 
 from __future__ import annotations
@@ -17,20 +22,26 @@ import ml_collections
 import numpy as np
 
 from reidjax import imagenet
-from reidjax.evaluate import features
-from reidjax.models import build_model
+from reidjax.evaluate import distance, features, ranking
+from reidjax.models import build_model, interface
 from reidjax.train import checkpoint, sharding
+from reidjax.train.state import model_input_shape
 
 
 def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:
   """uint8 RGB (N, h, w, 3) -> ImageNet-normalised float32 (N, height, width, 3).
 
-  Float inputs are taken as already normalised and only resized. Resizing is
-  bilinear (antialiased when shrinking), like the training pipeline's.
+  Clips (N, T, h, w, 3) are normalised frame by frame. Float inputs are taken
+  as already normalised and only resized. Resizing is bilinear (antialiased
+  when shrinking), like the training pipeline's.
   """
   images = np.asarray(images)
+  if images.ndim == 5 and images.shape[-1] == 3:
+    frames = normalize_images(images.reshape((-1,) + images.shape[2:]), height, width)
+    return frames.reshape(images.shape[:2] + frames.shape[1:])
   if images.ndim != 4 or images.shape[-1] != 3:
-    raise ValueError(f"images must be (N, H, W, 3) RGB, got shape {images.shape}.")
+    raise ValueError(f"images must be (N, H, W, 3) RGB or clips (N, T, H, W, 3), got "
+                     f"shape {images.shape}.")
   x = jnp.asarray(images, jnp.float32)
   if images.dtype == np.uint8:
     x = (x / 255.0 - jnp.asarray(imagenet.IMAGENET_MEAN)) / jnp.asarray(imagenet.IMAGENET_STD)
@@ -45,7 +56,9 @@ class ReidEmbedder:
   def __init__(self, model: Any, variables: Any, config: ml_collections.ConfigDict,
                mesh: jax.sharding.Mesh):
     self.model, self.variables, self.config, self.mesh = model, variables, config, mesh
+    self.kind = interface.model_kind(model)
     self._embed = features.make_embed_fn(model, mesh)
+    self._pair_fn = lambda v, a, b: model.apply(v, a, b, method="pair_distance")
 
   @classmethod
   def from_workdir(cls, workdir: str, step: int | None = None) -> "ReidEmbedder":
@@ -58,7 +71,7 @@ class ReidEmbedder:
     config = ckpt.restore_config(step)
     mesh = sharding.make_data_mesh()
     model = build_model(config.model, config.model.num_classes)
-    dummy = jnp.zeros((1, config.data.height, config.data.width, 3), jnp.float32)
+    dummy = jnp.zeros((1, *model_input_shape(config.data)), jnp.float32)
     shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))
     replicated = sharding.replicated(mesh)
     abstract = jax.tree.map(
@@ -68,8 +81,9 @@ class ReidEmbedder:
     ckpt.close()
     return cls(model, variables, config, mesh)
 
-  def embed(self, images: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """(N, H, W, 3) uint8 RGB (or normalised float) images -> (N, D) features."""
+  def embed(self, images: np.ndarray, batch_size: int = 64) -> Any:
+    """Images (N, H, W, 3) or clips (N, T, H, W, 3), uint8 RGB or normalised
+    float -> (N, D) features (pair models: a dict of (N, ...) arrays)."""
     height, width = self.config.data.height, self.config.data.width
     devices = self.mesh.size
     batch_size = -(-batch_size // devices) * devices
@@ -78,6 +92,21 @@ class ReidEmbedder:
       chunk = normalize_images(images[start:start + batch_size], height, width)
       n = chunk.shape[0]
       pad = -n % devices  # The batch axis is split over devices.
-      chunk = jnp.pad(chunk, ((0, pad), (0, 0), (0, 0), (0, 0)))
-      out.append(np.asarray(self._embed(self.variables, np.asarray(chunk)))[:n])
-    return np.concatenate(out)
+      chunk = jnp.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1))
+      out.append(jax.tree.map(lambda f, n=n: np.asarray(f)[:n],
+                              self._embed(self.variables, np.asarray(chunk))))
+    return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+
+  def distance(self, query_features: Any, gallery_features: Any) -> np.ndarray:
+    """(Q, G) distances of two ``embed`` outputs, as the run evaluated them.
+
+    Embedding models: the config's ``eval.metric`` (and ``eval.normalize``);
+    pair models: the model's ``pair_distance``, tile by tile.
+    """
+    if self.kind == interface.PAIR:
+      return ranking.pairwise_distance_tiled(self._pair_fn, query_features,
+                                             gallery_features, mesh=self.mesh,
+                                             params=self.variables)
+    return np.asarray(distance.pairwise_distance(
+        query_features, gallery_features, metric=self.config.eval.metric,
+        normalize=self.config.eval.get("normalize", False)))

@@ -262,10 +262,14 @@ def densenet121(**kwargs) -> DenseNet:
   """torchvision DenseNet-121 features (6,953,856 parameters).
 
   Args:
-    **kwargs: other ``DenseNet`` fields (``dtype``, ...).
+    **kwargs: other ``DenseNet`` fields (``dtype``, ...); ``growth_rate``,
+      ``block_config`` or ``num_init_features`` shrink the same architecture
+      (CPU quick starts), which then no longer loads DenseNet-121 weights.
 
   Returns:
-    A ``DenseNet`` with growth 32, blocks (6, 12, 24, 16), 64 stem features.
+    A ``DenseNet`` with growth 32, blocks (6, 12, 24, 16), 64 stem features
+    unless overridden.
   """
-  return DenseNet(growth_rate=32, block_config=(6, 12, 24, 16),
-                  num_init_features=64, bn_size=4, compression=0.5, **kwargs)
+  fields = dict(growth_rate=32, block_config=(6, 12, 24, 16),
+                num_init_features=64, bn_size=4, compression=0.5)
+  return DenseNet(**{**fields, **kwargs})

@@ -4,10 +4,18 @@ Plain Python/NumPy: nothing here imports TensorFlow, so the index can be built
 (and checked) on any host. Each parser enforces its dataset's evaluation
 protocol (which ids are junk, which are distractors, how train ids are
 relabelled), so that every consumer of the index sees the same splits.
+
+This module also holds the helpers shared with `reidjax.data.cuhk03` and
+`reidjax.data.video_layouts`, and the registry `parse_dataset` of every
+dataset name (image and video); the parsers of those two modules are imported
+only when their dataset is asked for, so they can import from here.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import importlib
+import inspect
 import logging
 import os
 import re
@@ -15,7 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from reidjax.data.index import ImageDataset, ImageSplit
+from reidjax.data.index import Dataset, ImageDataset, ImageSplit, is_video
 
 # The top-level folder inside the official Market-1501 zip archive.
 MARKET1501_ARCHIVE_DIR = "Market-1501-v15.09.15"
@@ -76,19 +84,20 @@ MSMT17_STATS: Stats = {
     "train": (1041, 32621), "query": (3060, 11659), "gallery": (3060, 82161)}
 
 
-def check_statistics(dataset: ImageDataset, expected: Stats) -> bool:
+def check_statistics(dataset: Dataset, expected: Stats) -> bool:
   """Checks a parsed dataset against its official per-split statistics.
 
   Only a copy that looks complete is checked: if every split has at least
-  the expected number of ids and of images, any difference is an error (e.g.
+  the expected number of ids and of items, any difference is an error (e.g.
   extra files copied in, a mixed-up release). If any count is below the
   official one, the copy is taken to be partial (a subset, a test fixture)
   and this is only logged.
 
   Args:
-    dataset: the parsed index.
-    expected: split name -> (ids, images), ids counted as
-      `ImageSplit.num_pids` (distinct pids, distractor pid 0 included).
+    dataset: the parsed index, an `ImageDataset` (items = images) or a
+      `VideoDataset` (items = tracklets).
+    expected: split name -> (ids, items), ids counted as the split's
+      `num_pids` (distinct pids, distractor pid 0 included).
 
   Returns:
     True if the copy looked complete and matched; False if it is partial.
@@ -96,15 +105,16 @@ def check_statistics(dataset: ImageDataset, expected: Stats) -> bool:
   Raises:
     StatisticsError: the copy looks complete but a count differs.
   """
+  unit = "tracklets" if is_video(dataset) else "images"
   got = {k: (getattr(dataset, k).num_pids, len(getattr(dataset, k)))
          for k in expected}
   complete = all(g >= e for k in expected for g, e in zip(got[k], expected[k]))
   if not complete:
-    _log.info("%s at %s looks like a partial copy (ids, images) %s; official "
-              "%s. Not checking statistics.", dataset.name, dataset.root, got,
-              dict(expected))
+    _log.info("%s at %s looks like a partial copy (ids, %s) %s; official "
+              "%s. Not checking statistics.", dataset.name, dataset.root,
+              unit, got, dict(expected))
     return False
-  bad = [f"{k}: got {got[k][0]} ids / {got[k][1]} images, expected "
+  bad = [f"{k}: got {got[k][0]} ids / {got[k][1]} {unit}, expected "
          f"{expected[k][0]} / {expected[k][1]}"
          for k in expected if got[k] != tuple(expected[k])]
   if bad:
@@ -568,21 +578,99 @@ def parse_custom(root: str, *, name: str = "custom") -> ImageDataset:
                       query=splits["query"], gallery=splits["gallery"])
 
 
-LAYOUTS: dict[str, Callable[..., ImageDataset]] = {
-    "market1501": parse_market1501,
-    "dukemtmc": parse_dukemtmc,
-    "occluded_duke": parse_occluded_duke,
-    "msmt17": parse_msmt17,
-    "custom": parse_custom,
+# ---------------------------------------------------------------- registry --
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+  """Where the parser of one dataset name lives, and what it is called with.
+
+  The parser is looked up by module and function name when first needed, so
+  that this module need not import `cuhk03` / `video_layouts` (which import
+  their shared helpers from here).
+
+  Attributes:
+    module: dotted module path of the parser.
+    parser: function name in that module; called as
+      ``parser(root, name=<dataset name>, **fixed, **options)``.
+    fixed: keyword arguments implied by the name (e.g. the CUHK03 variant);
+      not accepted as user options.
+    video: the parser returns a `VideoDataset`.
+  """
+
+  module: str
+  parser: str
+  fixed: Mapping[str, object] = dataclasses.field(default_factory=dict)
+  video: bool = False
+
+  def resolve(self) -> Callable[..., Dataset]:
+    return getattr(importlib.import_module(self.module), self.parser)
+
+
+_HERE = __name__
+_VIDEO_MODULE = "reidjax.data.video_layouts"
+
+LAYOUTS: dict[str, Layout] = {
+    "market1501": Layout(_HERE, "parse_market1501"),
+    "dukemtmc": Layout(_HERE, "parse_dukemtmc"),
+    "occluded_duke": Layout(_HERE, "parse_occluded_duke"),
+    "msmt17": Layout(_HERE, "parse_msmt17"),
+    "custom": Layout(_HERE, "parse_custom"),
+    "cuhk03_labeled": Layout("reidjax.data.cuhk03", "parse_cuhk03",
+                             {"variant": "labeled"}),
+    "cuhk03_detected": Layout("reidjax.data.cuhk03", "parse_cuhk03",
+                              {"variant": "detected"}),
+    "mars": Layout(_VIDEO_MODULE, "parse_mars", video=True),
+    "dukemtmc_video": Layout(_VIDEO_MODULE, "parse_dukemtmc_video",
+                             video=True),
+    "ilidsvid": Layout(_VIDEO_MODULE, "parse_ilidsvid", video=True),
+    "prid2011": Layout(_VIDEO_MODULE, "parse_prid2011", video=True),
 }
 
+# Names whose index is a `VideoDataset` (tracklets), not an `ImageDataset`.
+VIDEO_LAYOUTS: frozenset[str] = frozenset(
+    n for n, layout in LAYOUTS.items() if layout.video)
 
-def parse_dataset(name: str, root: str) -> ImageDataset:
-  """Parses the dataset `name` (a key of `LAYOUTS`) found at `root`."""
+
+def layout_options(name: str) -> tuple[str, ...]:
+  """The options (keyword arguments) `parse_dataset(name, ...)` accepts."""
+  layout = _layout(name)
+  params = inspect.signature(layout.resolve()).parameters.values()
+  return tuple(p.name for p in params
+               if p.kind is inspect.Parameter.KEYWORD_ONLY
+               and p.name != "name" and p.name not in layout.fixed)
+
+
+def _layout(name: str) -> Layout:
   try:
-    parser = LAYOUTS[name]
+    return LAYOUTS[name]
   except KeyError:
     raise ValueError(
         f"Unknown dataset layout {name!r}; known layouts: "
         f"{', '.join(sorted(LAYOUTS))}.") from None
-  return parser(root, name=name)
+
+
+def parse_dataset(name: str, root: str, **options) -> Dataset:
+  """Parses the dataset `name` (a key of `LAYOUTS`) found at `root`.
+
+  Args:
+    name: dataset name; also recorded as the index's name.
+    root: the dataset folder.
+    **options: passed to the parser, e.g. ``split_index=3`` for iLIDS-VID or
+      PRID-2011; see `layout_options(name)`.
+
+  Returns:
+    An `ImageDataset`, or a `VideoDataset` for names in `VIDEO_LAYOUTS`.
+
+  Raises:
+    ValueError: unknown name, or an option the parser does not take.
+  """
+  layout = _layout(name)
+  accepted = layout_options(name)
+  unknown = sorted(set(options) - set(accepted))
+  if unknown:
+    raise ValueError(
+        f"Dataset layout {name!r} does not take option(s) "
+        f"{', '.join(map(repr, unknown))}; it accepts "
+        f"{', '.join(map(repr, accepted)) if accepted else 'no options'}.")
+  return layout.resolve()(root, name=name, **layout.fixed, **options)

@@ -1,33 +1,98 @@
 """tf.data input pipelines: P x K training batches and ordered eval batches.
 
-Images are read from disk lazily inside the tf.data graph (only paths, ids
-and cameras are held in memory) and come out as NumPy dicts, ready for
-``jax.device_put`` / ``jax.make_array_from_process_local_data``.
+Images (``train_batches`` / ``eval_batches``) and video clips
+(``train_clip_batches`` / ``eval_clip_batches``; frame choice in
+``reidjax.data.clips``). Only indices, ids and cameras are held in memory;
+encoded images are fetched lazily inside the tf.data graph by a *reader*
+(``FileReader``, the default, reads files on disk; a prepared TFDS dataset can
+supply its own reader with the same ``read`` / ``name`` methods) and batches
+come out as NumPy dicts, ready for ``jax.device_put`` /
+``jax.make_array_from_process_local_data``. For a VideoSplit the reader's
+index is the flat frame index into ``split.frame_table()[0]``.
 
-A file that cannot be read or decoded makes the iterator raise
-``FileNotFoundError`` / ``ValueError`` naming the file: TensorFlow's own
-decode error does not say which file failed, so the iterator catches it,
-re-decodes the failing batch's files eagerly and reports the culprit.
+Determinism: training batch k is a pure function of (seed, start_step + k):
+the P x K sampler picks the items, the clip frames of the clip at global
+position j are drawn with a generator seeded by (seed, step, j), and each
+image's augmentation is seeded by ``transforms.image_seed(seed, step, j)``.
+All frames of a clip share that seed, hence the same flip, crop offset and
+erasing box. A resumed run replays the stream exactly.
+
+Bad files. A file that cannot be read or decoded makes the iterator raise
+``FileNotFoundError`` / ``ValueError`` naming it (``reader.name``):
+TensorFlow's own error does not say which file failed, so the iterator catches
+it, re-reads the failing batch's files eagerly and reports the culprit.
+
+With ``skip_corrupt=True`` (training only) a bad file is instead *replaced*
+(``tf.data``'s ``ignore_errors`` would drop it silently and leave a short
+batch with a broken P x K structure), keeping batches full-size, P x K intact
+and the stream deterministic: an image
+by the next readable image of the same identity (in split order, wrapping
+around); a video frame by the next readable frame of the same tracklet, else
+of the identity's other tracklets. The pipeline discovers bad files lazily (no
+up-front scan of a million frames): on an error it finds the file as above,
+logs a warning naming it, adds it to the replacement table and rebuilds the
+pipeline from the failing batch (dropping what was prefetched: a bad file
+costs a pipeline restart, once). Since a replacement is "the first *readable*
+candidate", it does not depend on when (or whether, in an earlier run) a file
+was found bad, so a resumed run yields the same batches. The iterator's
+``stats`` count the distinct bad files (``"corrupt_files"``) and the sampled
+items / frames that were replaced in the batches yielded so far
+(``"replaced"``); ``corrupt_files`` lists their names. An identity with no
+readable image at all is an error: remove it from the split.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+import functools
 import re
+from typing import Protocol
 
+from absl import logging
 import numpy as np
 import tensorflow as tf
 
+from reidjax.data import clips
 from reidjax.data import transforms
-from reidjax.data.index import ImageSplit
+from reidjax.data.index import ImageSplit, VideoSplit
 from reidjax.data.sampler import IdentitySampler
 
-# Errors a bad image file raises from read_file / decode.
+# Errors a bad image file raises from read / decode.
 _FILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
                 tf.errors.DataLossError)
 # On an error in batch k, also look in the next few batches in case an
 # element surfaced late (it should not: the pipeline is deterministic).
 _SEARCH_AHEAD = 2
+
+
+class Reader(Protocol):
+  """Where encoded images come from; indices are int64 item / frame ids."""
+
+  def read(self, index: tf.Tensor) -> tf.Tensor:
+    """int64 scalar -> scalar tf.string of encoded image bytes (graph-safe)."""
+
+  def name(self, index: int) -> str:
+    """A human-readable name of item ``index`` for error messages."""
+
+
+class FileReader:
+  """Reads image files from disk; item i is ``paths[i]``."""
+
+  def __init__(self, paths: Sequence[str]):
+    self._names = tuple(paths)
+    # One string tensor, gathered from inside Dataset.map: tf.data passes a
+    # captured eager tensor by reference, so even MARS's 1.2M paths cost no
+    # graph serialisation.
+    self._paths = tf.constant(list(self._names), tf.string)
+
+  def __len__(self) -> int:
+    return len(self._names)
+
+  def read(self, index: tf.Tensor) -> tf.Tensor:
+    return tf.io.read_file(tf.gather(self._paths, index))
+
+  def name(self, index: int) -> str:
+    return self._names[int(index)]
 
 
 def _options() -> tf.data.Options:
@@ -36,54 +101,192 @@ def _options() -> tf.data.Options:
   return options
 
 
-def _find_bad_file(paths: Sequence[str]) -> tuple[str, Exception] | None:
-  """Returns (path, error) of the first file that fails to read/decode."""
-  for path in dict.fromkeys(paths):  # Unique, in order.
-    if not tf.io.gfile.exists(path):
-      return path, FileNotFoundError(f"Image file not found: {path}")
+def _find_bad_file(reader: Reader, indices: Iterable[int],
+                   skip: Iterable[int] = ()) -> tuple[int, Exception] | None:
+  """Returns (index, error) of the first item that fails to read/decode."""
+  known = set(skip)
+  for i in dict.fromkeys(int(i) for i in indices):  # Unique, in order.
+    if i in known:
+      continue
     try:
-      transforms.decode_image(tf.io.read_file(path))
+      transforms.decode_image(reader.read(tf.constant(i, tf.int64)))
+    except tf.errors.NotFoundError:
+      return i, FileNotFoundError(f"Image file not found: {reader.name(i)}")
     except _FILE_ERRORS as e:
       # Drop TF's "{{function_node ...}}" prefix; keep libjpeg's reason.
       reason = re.sub(r"\{\{.*?\}\}\s*", "", e.message)
-      return path, ValueError(f"Cannot decode image file {path}: {reason}")
+      return i, ValueError(
+          f"Cannot decode image file {reader.name(i)}: {reason}")
   return None
 
 
-def _iterate(dataset: tf.data.Dataset,
-             batch_paths: Callable[[int], Sequence[str]]) -> Iterator[dict]:
-  """Iterates ``dataset`` as NumPy, naming the file behind a read error.
+class _Replacements:
+  """Bad items found so far and the readable item standing in for each."""
 
-  Args:
-    dataset: the batched dataset.
-    batch_paths: k -> paths of the files read for the k-th batch (0-based,
-      counted from the start of this iteration).
+  def __init__(self, reader: Reader,
+               candidates: Callable[[int], Iterable[int]]):
+    self._reader = reader
+    # candidates(i): the items that may replace item i, in preference order.
+    self._candidates = candidates
+    self.table: dict[int, int] = {}
 
-  Yields:
-    The dataset's batches as dicts of NumPy arrays.
+  def add(self, index: int) -> None:
+    """Marks ``index`` bad and (re)chooses a readable stand-in for each."""
+    self.table[index] = -1
+    for bad in self.table:
+      self.table[bad] = self._choose(bad)
+
+  def _choose(self, bad: int) -> int:
+    for candidate in self._candidates(bad):
+      candidate = int(candidate)
+      if candidate != bad and candidate not in self.table:
+        # Unreadable candidates are found when a batch reads them.
+        return candidate
+    raise ValueError(
+        f"No readable replacement for the corrupt image file "
+        f"{self._reader.name(bad)}: every other image of its identity is "
+        f"unreadable too. Fix the files or remove the identity from the "
+        f"split.")
+
+  def snapshot(self) -> Mapping[int, int]:
+    return dict(self.table)
+
+
+def _apply(table: Mapping[int, int], indices: np.ndarray) -> np.ndarray:
+  """``indices`` with every bad item replaced by its stand-in."""
+  if not table:
+    return indices
+  out = np.array(indices, np.int64)
+  for pos in np.flatnonzero(np.isin(out, list(table))):
+    out.flat[pos] = table[int(out.flat[pos])]
+  return out
+
+
+class BatchIterator(Iterator[dict[str, np.ndarray]]):
+  """Iterates a pipeline's batches as NumPy; names or replaces bad files.
+
+  Attributes:
+    stats: {"corrupt_files": distinct bad files replaced so far,
+      "replaced": items / frames replaced in the batches yielded so far}.
+    corrupt_files: names of the bad files replaced so far, in order found.
   """
-  iterator = dataset.as_numpy_iterator()
-  k = 0
-  while True:
-    try:
-      batch = next(iterator)
-    except StopIteration:
+
+  def __init__(self,
+               build: Callable[[int, Mapping[int, int]], tf.data.Dataset],
+               batch_items: Callable[[int], np.ndarray],
+               reader: Reader,
+               replacements: _Replacements | None = None):
+    """Starts the pipeline.
+
+    Args:
+      build: (k, replacement table) -> the batched dataset whose first batch
+        is batch k of the stream (0-based, from this iterator's start).
+      batch_items: k -> reader indices batch k reads, before replacement
+        (-1 = padding, read nothing); empty past the end.
+      reader: the reader ``build`` reads with.
+      replacements: the table to grow on a bad file; None raises instead.
+    """
+    self._build = build
+    self._batch_items = batch_items
+    self._reader = reader
+    self._replacements = replacements
+    self._k = 0
+    self.stats = {"corrupt_files": 0, "replaced": 0}
+    self.corrupt_files: list[str] = []
+    self._iterator = self._start()
+
+  def _table(self) -> Mapping[int, int]:
+    return self._replacements.snapshot() if self._replacements else {}
+
+  def _start(self):
+    return self._build(self._k, self._table()).as_numpy_iterator()
+
+  def __next__(self) -> dict[str, np.ndarray]:
+    while True:
+      try:
+        batch = next(self._iterator)
+      except _FILE_ERRORS as e:
+        self._handle(e)
+        continue
+      if self._replacements is not None and self._replacements.table:
+        items = self._batch_items(self._k)
+        self.stats["replaced"] += int(
+            np.isin(items, list(self._replacements.table)).sum())
+      self._k += 1
+      return batch
+
+  def close(self) -> None:
+    """Stops the pipeline: drops the TF iterator and its prefetch threads."""
+    self._iterator = iter(())
+
+  def _handle(self, error: Exception) -> None:
+    """Raises the error naming the bad file, or replaces it and restarts."""
+    known = self._replacements.table if self._replacements else {}
+    for j in range(self._k, self._k + 1 + _SEARCH_AHEAD):
+      items = _apply(known, self._batch_items(j))
+      found = _find_bad_file(self._reader, items[items >= 0], skip=known)
+      if found is None:
+        continue
+      index, named_error = found
+      if self._replacements is None:
+        raise named_error from error
+      self._replacements.add(index)
+      self.stats["corrupt_files"] += 1
+      self.corrupt_files.append(self._reader.name(index))
+      logging.warning(
+          "Skipping unreadable image file (skip_corrupt=True) %s: %s; it is "
+          "replaced by %s.", self._reader.name(index), named_error,
+          self._reader.name(self._replacements.table[index]))
+      self._iterator = self._start()
       return
-    except _FILE_ERRORS as e:
-      for j in range(k, k + 1 + _SEARCH_AHEAD):
-        paths = batch_paths(j)
-        found = _find_bad_file(paths) if paths else None
-        if found is not None:
-          raise found[1] from e
-      raise
-    yield batch
-    k += 1
+    raise error
 
 
-def _lookup_tables(split: ImageSplit):
-  return (tf.constant(list(split.paths), tf.string),
-          tf.constant(split.pids, tf.int32),
-          tf.constant(split.camids, tf.int32))
+def _check_process(process_index: int, process_count: int) -> None:
+  if process_count < 1 or not 0 <= process_index < process_count:
+    raise ValueError(f"process_index {process_index} is not in "
+                     f"[0, process_count={process_count}).")
+
+
+def _image_candidates(pids: np.ndarray) -> Callable[[int], Iterable[int]]:
+  """i -> the other images of i's identity, in split order after i."""
+
+  def candidates(i):
+    members = np.flatnonzero(pids == pids[i])
+    return np.roll(members, -int(np.searchsorted(members, i)) - 1)
+
+  return candidates
+
+
+def _frame_candidates(split: VideoSplit,
+                      offsets: np.ndarray) -> Callable[[int], Iterable[int]]:
+  """f -> the tracklet's other frames after f, then its identity's others."""
+  counts = split.num_frames
+
+  def candidates(f):
+    t = int(np.searchsorted(offsets, f, side="right")) - 1
+    own = offsets[t] + np.roll(np.arange(counts[t]), -(f - offsets[t]) - 1)
+    yield from own
+    siblings = np.flatnonzero(split.pids == split.pids[t])
+    siblings = np.roll(siblings, -int(np.searchsorted(siblings, t)) - 1)
+    for u in siblings:
+      if u != t:
+        yield from offsets[u] + np.arange(counts[u])
+
+  return candidates
+
+
+def _generated_steps(start_step: int, make: Callable[[int], tuple],
+                     signature: tuple) -> tf.data.Dataset:
+  """A dataset of ``make(step)`` for step = start_step, start_step + 1, ..."""
+
+  def generate():
+    step = start_step
+    while True:
+      yield make(step)
+      step += 1
+
+  return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
 
 def train_batches(split: ImageSplit,
@@ -94,7 +297,9 @@ def train_batches(split: ImageSplit,
                   seed: int,
                   start_step: int = 0,
                   process_index: int = 0,
-                  process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                  process_count: int = 1,
+                  reader: Reader | None = None,
+                  skip_corrupt: bool = False) -> BatchIterator:
   """Infinite iterator of augmented P x K training batches (this process's).
 
   Batch ``k`` is the sampler's batch at step ``start_step + k``, augmented
@@ -110,23 +315,24 @@ def train_batches(split: ImageSplit,
     start_step: the training step of the first batch.
     process_index: this process, in [0, process_count).
     process_count: number of processes; each gets P*K / process_count images.
+    reader: where images come from (default: ``FileReader(split.paths)``).
+    skip_corrupt: replace unreadable images by readable ones of the same
+      identity instead of raising (see the module docstring).
 
-  Yields:
+  Returns:
+    A BatchIterator (``stats`` counts skipped files) yielding
     {"images": float32 (B, H, W, 3), "pids": int32 (B,),
      "camids": int32 (B,)} with B = P * K / process_count.
   """
-  sampler = IdentitySampler(split.pids, num_identities, num_instances, seed,
-                            process_index=process_index,
-                            process_count=process_count)
+  new_sampler = functools.partial(
+      IdentitySampler, split.pids, num_identities, num_instances, seed,
+      process_index=process_index, process_count=process_count)
+  sampler = new_sampler()
+  reader = FileReader(split.paths) if reader is None else reader
   b = sampler.local_batch_size
   first_position = process_index * b
-  paths, pids, camids = _lookup_tables(split)
-
-  def generate():
-    step = start_step
-    while True:
-      yield step, sampler.local_batch(step)
-      step += 1
+  pids = tf.constant(split.pids, tf.int32)
+  camids = tf.constant(split.camids, tf.int32)
 
   def explode(step, indices):
     # One element per image, carrying what its augmentation seed needs.
@@ -141,27 +347,29 @@ def train_batches(split: ImageSplit,
     i = element["index"]
     image_seed = transforms.image_seed(seed, element["step"],
                                        element["position"])
-    image = transforms.preprocess_train(
-        tf.io.read_file(tf.gather(paths, i)), augment, image_seed)
+    image = transforms.preprocess_train(reader.read(i), augment, image_seed)
     return {"images": image, "pids": tf.gather(pids, i),
             "camids": tf.gather(camids, i)}
 
-  # The generator yields one small index array per step; file reading and
-  # augmentation run in parallel in the graph.
-  dataset = tf.data.Dataset.from_generator(
-      generate,
-      output_signature=(tf.TensorSpec([], tf.int64),
-                        tf.TensorSpec([b], tf.int64)))
-  dataset = dataset.flat_map(explode)
-  dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-  dataset = dataset.batch(b, drop_remainder=True)
-  dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  def build(k, table):
+    # The generator yields one small index array per step; file reading and
+    # augmentation run in parallel in the graph. It runs in a tf.data thread
+    # and gets its own sampler (whose epoch cache is not thread-safe).
+    own_sampler = new_sampler()
+    dataset = _generated_steps(
+        start_step + k,
+        lambda step: (step, _apply(table, own_sampler.local_batch(step))),
+        (tf.TensorSpec([], tf.int64), tf.TensorSpec([b], tf.int64)))
+    dataset = dataset.flat_map(explode)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(b, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
-  def batch_paths(k):
-    return [split.paths[i] for i in sampler.local_batch(start_step + k)]
-
-  return _iterate(dataset, batch_paths)
+  replacements = (_Replacements(reader, _image_candidates(split.pids))
+                  if skip_corrupt else None)
+  return BatchIterator(build, lambda k: sampler.local_batch(start_step + k),
+                       reader, replacements)
 
 
 def num_eval_batches(n: int, batch_size: int) -> int:
@@ -180,13 +388,33 @@ def _eval_local_indices(n: int, batch_size: int, process_index: int,
   return per_batch[:, process_index * local:(process_index + 1) * local]
 
 
+def _check_eval_args(batch_size: int, process_index: int,
+                     process_count: int) -> None:
+  if process_count < 1 or batch_size < 1 or batch_size % process_count:
+    raise ValueError(
+        f"eval batch size ({batch_size}) must be a positive multiple of the "
+        f"process count ({process_count}).")
+  _check_process(process_index, process_count)
+
+
+def _load_eval(reader: Reader, index: tf.Tensor, height: int,
+               width: int) -> tf.Tensor:
+  """float32 (height, width, 3) of item ``index``; zeros for -1 (padding)."""
+  return tf.cond(
+      index >= 0,
+      lambda: transforms.preprocess_eval(
+          reader.read(tf.maximum(index, 0)), height, width),
+      lambda: tf.zeros((height, width, 3), tf.float32))
+
+
 def eval_batches(split: ImageSplit,
                  *,
                  batch_size: int,
                  height: int,
                  width: int,
                  process_index: int = 0,
-                 process_count: int = 1) -> Iterator[dict[str, np.ndarray]]:
+                 process_count: int = 1,
+                 reader: Reader | None = None) -> BatchIterator:
   """Iterates over a split once in dataset order, without augmentation.
 
   The split is cut into ``num_eval_batches(len(split), batch_size)`` global
@@ -201,6 +429,7 @@ def eval_batches(split: ImageSplit,
     width: output width W.
     process_index: this process, in [0, process_count).
     process_count: number of processes.
+    reader: where images come from (default: ``FileReader(split.paths)``).
 
   Yields:
     {"images": float32 (b, H, W, 3) (zeros for padding),
@@ -208,43 +437,242 @@ def eval_batches(split: ImageSplit,
      "mask": bool (b,) False for padding,
      "index": int32 (b,) dataset index, -1 for padding} with b = B / n.
   """
-  if batch_size < 1 or batch_size % process_count:
-    raise ValueError(
-        f"eval batch size ({batch_size}) must be a positive multiple of the "
-        f"process count ({process_count}).")
-  if not 0 <= process_index < process_count:
-    raise ValueError(f"process_index {process_index} is not in "
-                     f"[0, process_count={process_count}).")
+  _check_eval_args(batch_size, process_index, process_count)
+  reader = FileReader(split.paths) if reader is None else reader
   local_indices = _eval_local_indices(len(split), batch_size, process_index,
                                       process_count)
   b = local_indices.shape[1]
-  paths, pids, camids = _lookup_tables(split)
+  pids = tf.constant(split.pids, tf.int32)
+  camids = tf.constant(split.camids, tf.int32)
 
   def load(i):
     valid = i >= 0
     j = tf.maximum(i, 0)  # Padding reads nothing, but gather needs an index.
-    image = tf.cond(
-        valid,
-        lambda: transforms.preprocess_eval(
-            tf.io.read_file(tf.gather(paths, j)), height, width),
-        lambda: tf.zeros((height, width, 3), tf.float32))
     return {
-        "images": image,
+        "images": _load_eval(reader, i, height, width),
         "pids": tf.where(valid, tf.gather(pids, j), -1),
         "camids": tf.where(valid, tf.gather(camids, j), -1),
         "mask": valid,
         "index": tf.cast(i, tf.int32),
     }
 
-  dataset = tf.data.Dataset.from_tensor_slices(local_indices.reshape(-1))
-  dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
-                        deterministic=True)
-  dataset = dataset.batch(b, drop_remainder=True)
-  dataset = dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+  def build(k, table):
+    del table  # Evaluation never replaces files.
+    dataset = tf.data.Dataset.from_tensor_slices(
+        local_indices[k:].reshape(-1))
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(b, drop_remainder=True)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
-  def batch_paths(k):
+  def batch_items(k):
     if k >= local_indices.shape[0]:
-      return []
-    return [split.paths[i] for i in local_indices[k] if i >= 0]
+      return np.zeros(0, np.int64)
+    return local_indices[k]
 
-  return _iterate(dataset, batch_paths)
+  return BatchIterator(build, batch_items, reader)
+
+
+def train_clip_batches(split: VideoSplit,
+                       *,
+                       num_identities: int,
+                       num_instances: int,
+                       clip_length: int,
+                       strategy: str,
+                       stride: int = 8,
+                       augment: transforms.AugmentConfig,
+                       seed: int,
+                       start_step: int = 0,
+                       process_index: int = 0,
+                       process_count: int = 1,
+                       reader: Reader | None = None,
+                       skip_corrupt: bool = False) -> BatchIterator:
+  """Infinite iterator of augmented P x K batches of tracklet clips.
+
+  The sampler draws P identities x K tracklets; the clip of the tracklet at
+  global position j of step s is ``clips.sample_clip(..., rng)`` with rng
+  seeded by (seed, s, j), and all its frames are augmented alike with
+  ``transforms.image_seed(seed, s, j)``.
+
+  Args:
+    split: the training split (pids relabelled 0..num_pids-1).
+    num_identities: P.
+    num_instances: K tracklets per identity.
+    clip_length: n, frames per clip.
+    strategy: a ``clips.TRAIN_STRATEGIES`` name.
+    stride: frame step of the "stride" strategy.
+    augment: augmentation settings (output size included).
+    seed: non-negative int seeding sampling, frame choice and augmentation.
+    start_step: the training step of the first batch.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes; each gets P*K / process_count clips.
+    reader: where frames come from, indexed by flat frame index (default:
+      ``FileReader(split.frame_table()[0])``).
+    skip_corrupt: replace unreadable frames by readable ones of the same
+      tracklet (else identity) instead of raising.
+
+  Returns:
+    A BatchIterator yielding {"images": float32 (b, n, H, W, 3),
+    "pids": int32 (b,), "camids": int32 (b,)} with b = P * K /
+    process_count.
+  """
+  new_sampler = functools.partial(
+      IdentitySampler, split.pids, num_identities, num_instances, seed,
+      process_index=process_index, process_count=process_count)
+  sampler = new_sampler()
+  # Fail now, not in the generator thread, on a bad strategy or length.
+  clips.sample_clip(1, clip_length, strategy, np.random.default_rng(0),
+                    stride=stride)
+  paths, offsets = split.frame_table()
+  reader = FileReader(paths) if reader is None else reader
+  num_frames = split.num_frames
+  b, n = sampler.local_batch_size, clip_length
+  first_position = process_index * b
+  pids = tf.constant(split.pids, tf.int32)
+  camids = tf.constant(split.camids, tf.int32)
+
+  def clip_frames(sampler, step):
+    """(b,) tracklets and (b, n) flat frame indices of this step's clips."""
+    tracklets = sampler.local_batch(step)
+    frames = np.empty((b, n), np.int64)
+    for j, t in enumerate(tracklets):
+      # Tag 2: a stream apart from the sampler's (tags 0 and 1).
+      rng = np.random.default_rng([seed, 2, step, first_position + j])
+      frames[j] = offsets[t] + clips.sample_clip(
+          int(num_frames[t]), n, strategy, rng, stride=stride)
+    return tracklets, frames
+
+  def explode(step, tracklets, frames):
+    # One element per frame; a clip's frames share its position (its seed).
+    return tf.data.Dataset.from_tensor_slices({
+        "frame": tf.reshape(frames, [-1]),
+        "tracklet": tf.repeat(tracklets, n),
+        "step": tf.fill([b * n], step),
+        "position": tf.repeat(tf.range(first_position, first_position + b,
+                                       dtype=tf.int64), n),
+    })
+
+  def load(element):
+    image_seed = transforms.image_seed(seed, element["step"],
+                                       element["position"])
+    t = element["tracklet"]
+    return {"images": transforms.preprocess_train(
+                reader.read(element["frame"]), augment, image_seed),
+            "pids": tf.gather(pids, t), "camids": tf.gather(camids, t)}
+
+  def to_clips(batch):
+    return {"images": tf.reshape(batch["images"],
+                                 [b, n, augment.height, augment.width, 3]),
+            "pids": batch["pids"][::n], "camids": batch["camids"][::n]}
+
+  def build(k, table):
+    own_sampler = new_sampler()  # See train_batches.
+
+    def make(step):
+      tracklets, frames = clip_frames(own_sampler, step)
+      return step, tracklets, _apply(table, frames)
+
+    dataset = _generated_steps(
+        start_step + k, make,
+        (tf.TensorSpec([], tf.int64), tf.TensorSpec([b], tf.int64),
+         tf.TensorSpec([b, n], tf.int64)))
+    dataset = dataset.flat_map(explode)
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(b * n, drop_remainder=True).map(to_clips)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+  replacements = (_Replacements(reader, _frame_candidates(split, offsets))
+                  if skip_corrupt else None)
+  return BatchIterator(
+      build, lambda k: clip_frames(sampler, start_step + k)[1].reshape(-1),
+      reader, replacements)
+
+
+def eval_clip_batches(split: VideoSplit,
+                      plan: clips.ClipPlan,
+                      *,
+                      batch_size: int,
+                      height: int,
+                      width: int,
+                      process_index: int = 0,
+                      process_count: int = 1,
+                      reader: Reader | None = None) -> BatchIterator:
+  """Iterates over a plan's clips once in plan order, without augmentation.
+
+  Like ``eval_batches`` with the plan's clips as items: the C clips are cut
+  into ``num_eval_batches(C, batch_size)`` global batches, the last padded,
+  and process i takes the slice ``[i*B/n, (i+1)*B/n)`` of each.
+
+  Args:
+    split: the split the plan was made for (query or gallery).
+    plan: ``clips.plan_test_clips(split, ...)``.
+    batch_size: global batch size B (clips); divisible by process_count.
+    height: output height H.
+    width: output width W.
+    process_index: this process, in [0, process_count).
+    process_count: number of processes.
+    reader: where frames come from, indexed by flat frame index (default:
+      ``FileReader(split.frame_table()[0])``).
+
+  Yields:
+    {"images": float32 (b, n, H, W, 3) (zeros for padding),
+     "pids": int32 (b,), "camids": int32 (b,) (-1 for padding),
+     "mask": bool (b,) False for padding,
+     "index": int32 (b,) clip index into the plan, -1 for padding}
+    with b = B / process_count; ``plan.tracklet[index]`` is the tracklet.
+  """
+  _check_eval_args(batch_size, process_index, process_count)
+  num_frames = split.num_frames
+  if plan.num_clips and (
+      plan.tracklet.min() < 0 or plan.tracklet.max() >= len(split) or
+      plan.frames.min() < 0 or
+      (plan.frames.max(1) >= num_frames[plan.tracklet]).any()):
+    raise ValueError(
+        f"eval_clip_batches: the ClipPlan ({plan.num_clips} clips) does not "
+        f"fit this split of {len(split)} tracklets: make it with "
+        f"clips.plan_test_clips(split, ...) for this very split.")
+  paths, offsets = split.frame_table()
+  reader = FileReader(paths) if reader is None else reader
+  n = plan.clip_length
+  local_clips = _eval_local_indices(plan.num_clips, batch_size, process_index,
+                                    process_count)
+  b = local_clips.shape[1]
+  # (num_batches, b, n) flat frame indices, -1 for padding.
+  safe = np.maximum(local_clips, 0)
+  local_frames = np.where(
+      local_clips[..., None] >= 0,
+      offsets[plan.tracklet[safe]][..., None] + plan.frames[safe], -1)
+  pids = tf.constant(split.pids[plan.tracklet], tf.int32)
+  camids = tf.constant(split.camids[plan.tracklet], tf.int32)
+
+  def load(element):
+    return {"images": _load_eval(reader, element["frame"], height, width),
+            "clip": element["clip"]}
+
+  def to_clips(batch):
+    index = batch["clip"][::n]
+    valid = index >= 0
+    j = tf.maximum(index, 0)
+    return {"images": tf.reshape(batch["images"], [b, n, height, width, 3]),
+            "pids": tf.where(valid, tf.gather(pids, j), -1),
+            "camids": tf.where(valid, tf.gather(camids, j), -1),
+            "mask": valid, "index": tf.cast(index, tf.int32)}
+
+  def build(k, table):
+    del table  # Evaluation never replaces files.
+    dataset = tf.data.Dataset.from_tensor_slices({
+        "frame": local_frames[k:].reshape(-1),
+        "clip": np.repeat(local_clips[k:].reshape(-1), n),
+    })
+    dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
+                          deterministic=True)
+    dataset = dataset.batch(b * n, drop_remainder=True).map(to_clips)
+    return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+  def batch_items(k):
+    if k >= local_frames.shape[0]:
+      return np.zeros(0, np.int64)
+    return local_frames[k].reshape(-1)
+
+  return BatchIterator(build, batch_items, reader)

@@ -577,7 +577,9 @@ def _plan(params: dict) -> list[_Item]:
   for pid in range(1, n_ids + 1):
     ident = sample_identity(np.random.default_rng([seed, 2, pid]))
     view_rng = np.random.default_rng([seed, 3, pid])
-    k = int(rng.integers(min_cams, n_cams + 1))
+    # At most per_id // 2 cameras: two images in each (same draws as before
+    # whenever per_id >= 2 * n_cams).
+    k = int(rng.integers(min_cams, min(n_cams, per_id // 2) + 1))
     cams = np.sort(rng.choice(n_cams, k, replace=False))
     # Two images per camera at least, so that a query can be taken from any
     # camera and still leave a gallery image there.
@@ -622,8 +624,9 @@ def make_cameras(seed: int, num_cameras: int) -> list[Camera]:
           for c in range(num_cameras)]
 
 
-def _read_marker(root: str) -> Optional[dict]:
-  path = os.path.join(root, MARKER_NAME)
+def read_marker(root: str, marker_name: str = MARKER_NAME) -> Optional[dict]:
+  """The marker of a generated set in `root`, or None if there is none."""
+  path = os.path.join(root, marker_name)
   if not os.path.isfile(path):
     return None
   with open(path) as f:
@@ -689,38 +692,65 @@ def write_synthetic_market(
       image_size=[int(image_size[0]), int(image_size[1])],
       num_distractors=int(num_distractors), num_junk=int(num_junk))
 
-  if _is_complete(root, params):
-    return root
+  write_once(root, params, lambda tmp: _write(tmp, params),
+             generator="reidjax.data.synthetic")
+  return root
+
+
+def write_once(root: str, params: dict, write, *, generator: str,
+               marker_name: str = MARKER_NAME) -> dict:
+  """Writes a generated set to `root` once, atomically, behind a marker file.
+
+  `write(folder) -> counts` fills a sibling temporary folder; the marker
+  (generator, params, counts) goes in last and the folder is renamed into
+  place, so `root` is never left half-written. A complete set with the same
+  params is reused as is; anything else in `root` is refused.
+
+  Args:
+    root: destination folder; must not exist, be empty, or hold this set.
+    params: JSON-serialisable parameters (compared with the marker's).
+    write: callable taking the temporary folder, returning a counts dict.
+    generator: module name recorded in the marker.
+    marker_name: file name of the marker.
+
+  Returns:
+    The marker's contents: {"generator", "params", "counts"}.
+
+  Raises:
+    ValueError: `root` holds something else.
+  """
+  if is_complete(root, params, marker_name):
+    return read_marker(root, marker_name)
   parent = os.path.dirname(os.path.abspath(root))
   os.makedirs(parent, exist_ok=True)
   tmp = tempfile.mkdtemp(prefix=f".{os.path.basename(root)}.partial-",
                          dir=parent)
   try:
-    counts = _write(tmp, params)
+    marker = {"generator": generator, "params": params, "counts": write(tmp)}
     # The marker goes last: its presence means the set is complete.
-    with open(os.path.join(tmp, MARKER_NAME), "w") as f:
-      json.dump({"generator": "reidjax.data.synthetic", "params": params,
-                 "counts": counts}, f, indent=1, sort_keys=True)
+    with open(os.path.join(tmp, marker_name), "w") as f:
+      json.dump(marker, f, indent=1, sort_keys=True)
     try:
       # rename() replaces an empty folder atomically and fails on a
       # non-empty one, so a concurrent writer can't be clobbered.
       os.rename(tmp, root)
     except OSError:
-      if not _is_complete(root, params):
+      if not is_complete(root, params, marker_name):
         raise
   finally:
     if os.path.isdir(tmp):
       shutil.rmtree(tmp)
-  return root
+  return read_marker(root, marker_name)
 
 
-def _is_complete(root: str, params: dict) -> bool:
+def is_complete(root: str, params: dict,
+                marker_name: str = MARKER_NAME) -> bool:
   """True if root holds this set; raises if it holds anything else."""
   if not os.path.exists(root):
     return False
   if not os.path.isdir(root):
     raise ValueError(f"Synthetic set root {root!r} exists and is not a folder.")
-  marker = _read_marker(root)
+  marker = read_marker(root, marker_name)
   if marker is not None:
     if marker.get("params") == params:
       return True
@@ -731,7 +761,7 @@ def _is_complete(root: str, params: dict) -> bool:
   if os.listdir(root):
     raise ValueError(
         f"Refusing to write a synthetic set into {root!r}: the folder is not "
-        f"empty and has no {MARKER_NAME} marker (it holds something else, or "
+        f"empty and has no {marker_name} marker (it holds something else, or "
         "an interrupted write). Delete it or choose another root.")
   return False
 

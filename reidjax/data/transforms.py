@@ -6,6 +6,10 @@ The training recipe follows torchreid / fast-reid's standard ReID baseline:
   -> zero-pad by ``pad`` pixels + random crop back to (H, W)
   -> normalise with the ImageNet mean / std -> random erasing.
 
+``preprocess_train`` mirrors the decoded image *before* resizing: the two
+commute (up to float rounding, ~1e-7) and the small uint8 image is cheaper to
+mirror.
+
 Randomness is stateless: every random op takes an explicit ``(2,)`` seed
 derived from (global seed, step, position in the global batch) by
 ``image_seed``, so an image's augmentation does not depend on thread
@@ -153,8 +157,14 @@ def pad_and_random_crop(image: tf.Tensor, pad: int,
   shape = tf.shape(image)
   offset = tf.random.stateless_uniform([2], seed, minval=0,
                                        maxval=2 * pad + 1, dtype=tf.int32)
-  padded = tf.pad(image, [[pad, pad], [pad, pad], [0, 0]])
-  cropped = tf.slice(padded, tf.stack([offset[0], offset[1], 0]), shape)
+  # Output pixel (i, j) is input pixel (i + dy, j + dx). Cutting out the part
+  # of the input that stays visible and zero-padding it back to (H, W) gives
+  # the same crop as padding first, with one large copy fewer.
+  dy, dx = offset[0] - pad, offset[1] - pad
+  visible = image[tf.maximum(dy, 0):shape[0] + tf.minimum(dy, 0),
+                  tf.maximum(dx, 0):shape[1] + tf.minimum(dx, 0)]
+  cropped = tf.pad(visible, [[tf.maximum(-dy, 0), tf.maximum(dy, 0)],
+                             [tf.maximum(-dx, 0), tf.maximum(dx, 0)], [0, 0]])
   return tf.ensure_shape(cropped, image.shape)
 
 
@@ -190,22 +200,24 @@ def random_erasing(image: tf.Tensor,
   n = _ERASING_ATTEMPTS
   # One draw for everything: per-op overhead, not arithmetic, dominates here.
   u = tf.random.stateless_uniform([2 * n + 3], seed)
-  apply = u[0] < prob
-  target = (area[0] + (area[1] - area[0]) * u[1:n + 1]) * (h_img * w_img)
-  log_min = math.log(min_aspect)
-  aspect = tf.exp(log_min - 2.0 * log_min * u[n + 1:2 * n + 1])
-  h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
-  w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
-  fits = (h < h_img) & (w < w_img) & (h > 0) & (w > 0)
-  first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
-  h, w = h[first], w[first]
-  # Top-left corner uniform over the valid positions [0, H - h] x [0, W - w].
-  y0 = tf.minimum(tf.cast(u[2 * n + 1] * tf.cast(h_img - h + 1, tf.float32),
-                          tf.int32), h_img - h)
-  x0 = tf.minimum(tf.cast(u[2 * n + 2] * tf.cast(w_img - w + 1, tf.float32),
-                          tf.int32), w_img - w)
 
   def erase():
+    # Only erased images pay for choosing the rectangle.
+    target = (area[0] + (area[1] - area[0]) * u[1:n + 1]) * (h_img * w_img)
+    log_min = math.log(min_aspect)
+    aspect = tf.exp(log_min - 2.0 * log_min * u[n + 1:2 * n + 1])
+    h = tf.cast(tf.round(tf.sqrt(target * aspect)), tf.int32)
+    w = tf.cast(tf.round(tf.sqrt(target / aspect)), tf.int32)
+    fits = (h < h_img) & (w < w_img) & (h > 0) & (w > 0)
+    first = tf.argmax(tf.cast(fits, tf.int32), output_type=tf.int32)
+    # No candidate fits: erase an empty rectangle, i.e. nothing.
+    h = tf.where(fits[first], h[first], 0)
+    w = tf.where(fits[first], w[first], 0)
+    # Top-left corner uniform over the valid positions [0, H - h] x [0, W - w].
+    y0 = tf.minimum(tf.cast(u[2 * n + 1] * tf.cast(h_img - h + 1, tf.float32),
+                            tf.int32), h_img - h)
+    x0 = tf.minimum(tf.cast(u[2 * n + 2] * tf.cast(w_img - w + 1, tf.float32),
+                            tf.int32), w_img - w)
     # Splicing a zero block in with two concats copies the image once; a
     # mask multiply or select is several times slower in tf.data.
     band = image[y0:y0 + h]
@@ -213,7 +225,7 @@ def random_erasing(image: tf.Tensor,
     band = tf.concat([band[:, :x0], hole, band[:, x0 + w:]], axis=1)
     return tf.concat([image[:y0], band, image[y0 + h:]], axis=0)
 
-  out = tf.cond(apply & fits[first], erase, lambda: image)
+  out = tf.cond(u[0] < prob, erase, lambda: image)
   return tf.ensure_shape(out, image.shape)
 
 
@@ -233,9 +245,11 @@ def preprocess_train(data: tf.Tensor, config: AugmentConfig,
   """
   flip_seed, crop_seed, erase_seed = tf.unstack(
       tf.random.experimental.stateless_split(seed, num=3))
-  image = resize(decode_image(data), config.height, config.width)
+  image = decode_image(data)
   if config.flip:
+    # Before resizing: see the module docstring.
     image = random_flip(image, flip_seed)
+  image = resize(image, config.height, config.width)
   image = pad_and_random_crop(image, config.pad, crop_seed)
   image = normalize(image)
   return random_erasing(image, config.random_erasing, erase_seed,

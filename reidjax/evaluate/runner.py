@@ -6,6 +6,12 @@ streamed over query tiles with ``streaming=True``). Pair models: the model's
 (``ranking.evaluate_pair_model``), or only over each query's top
 ``rerank_top_k`` of the ranking by the ``"global"`` embedding
 (``ranking.evaluate_two_stage``).
+
+Video splits (``test_clips`` given): each tracklet is cut into the clips of
+a plan (``reidjax.data.clips.plan_test_clips``); embedding models pool the
+clip features of a tracklet (``video.aggregate_tracklets``, mean or max),
+pair models need exactly one clip per tracklet (their items are sequences,
+which have no mean).
 """
 
 from __future__ import annotations
@@ -19,7 +25,7 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from reidjax.evaluate import distance, features, metrics, ranking, streaming
+from reidjax.evaluate import distance, features, metrics, ranking, streaming, video
 from reidjax.models import interface
 from reidjax.train import progress
 
@@ -44,6 +50,10 @@ class Evaluator:
       building the (Q, G) matrix (MSMT17-sized sets).
     rerank_top_k: pair models: re-rank only each query's top K of the
       ranking by the ``"global"`` embedding; None: full pairwise ranking.
+    test_clips: video: ``split -> plan`` with ``tracklet`` (C,) (the
+      tracklet of each clip) and ``num_clips``; ``make_batches`` is then
+      called as ``make_batches(split, plan)`` and yields clips.
+    clip_pooling: ``"mean"`` or ``"max"`` over the clips of a tracklet.
   """
 
   def __init__(self, model: nn.Module, mesh: Mesh, *, query: Any, gallery: Any,
@@ -53,7 +63,9 @@ class Evaluator:
                normalize: bool = False, protocol: str = "market1501",
                num_repeats: int = 10, seed: int = 0,
                camera_filter: bool = True, streaming: bool = False,
-               rerank_top_k: int | None = None):
+               rerank_top_k: int | None = None,
+               test_clips: Callable[[Any], Any] | None = None,
+               clip_pooling: str = "mean"):
     self.kind = interface.model_kind(model)
     self.model, self.mesh = model, mesh
     self.query, self.gallery = query, gallery
@@ -62,6 +74,7 @@ class Evaluator:
     self.workdir = workdir
     self.normalize, self.streaming = normalize, streaming
     self.rerank_top_k = rerank_top_k
+    self.test_clips, self.clip_pooling = test_clips, clip_pooling
     self._protocol = dict(protocol=protocol, num_repeats=num_repeats,
                           seed=seed, camera_filter=camera_filter)
     self._embed = features.make_embed_fn(model, mesh, flip=flip)
@@ -70,10 +83,23 @@ class Evaluator:
     self._pair_fn = lambda variables, a, b: model.apply(
         variables, a, b, method="pair_distance")
 
-  def embed(self, variables: Any, split: Any) -> np.ndarray:
-    """(N, D) features of every item of ``split``, in order."""
-    return features.extract_features(self._embed, variables, self.make_batches(split),
-                                     len(split), self.mesh)
+  def embed(self, variables: Any, split: Any) -> Any:
+    """(N, D) features (pair models: a dict) of every item of ``split``, in order."""
+    if self.test_clips is None:
+      return features.extract_features(self._embed, variables, self.make_batches(split),
+                                       len(split), self.mesh)
+    plan = self.test_clips(split)
+    clip_features = features.extract_features(
+        self._embed, variables, self.make_batches(split, plan), plan.num_clips, self.mesh)
+    if np.array_equal(plan.tracklet, np.arange(len(split))):
+      return clip_features  # one clip per tracklet, in order
+    if self.kind == interface.PAIR:
+      raise ValueError(
+          f"A pair model compares one sequence per tracklet, but the test clip plan has "
+          f"{plan.num_clips} clips for {len(split)} tracklets; use one clip per tracklet "
+          "(data.test_clip_strategy = 'first' or 'evenly').")
+    return video.aggregate_tracklets(clip_features, plan.tracklet,
+                                     method=self.clip_pooling)["features"]
 
   def run(self, state: Any, step: int) -> dict[str, Any]:
     """Embeds both splits with ``state``'s variables and returns the metrics dict."""

@@ -394,3 +394,62 @@ class DualAttention(nn.Module):
     """
     items = self.prepare(x, mask, train=train)
     return self.pair_distance(items)
+
+
+def attention_weights(items_a: SequenceItems, items_b: SequenceItems,
+                      index_a: int, index_b: int, *, intra: bool = True,
+                      precision: Precision = jax.lax.Precision.HIGHEST
+                      ) -> dict[str, jax.Array]:
+  """The attention maps and local distances of one pair (the paper's Fig. 8).
+
+  For sequence ``index_a`` of tile a and ``index_b`` of tile b, computed
+  directly from the prepared items (the aligned x_hat is formed, not the
+  expansion ``pair_distance`` uses), for inspection and plots only.
+
+  Args:
+    items_a, items_b: ``DualAttention.prepare`` outputs (Na, S_a, D) and
+      (Nb, S_b, D).
+    index_a, index_b: which sequence of each tile.
+    intra: whether the layer that prepared the items had the
+      intra-sequence attention on (``DualAttention.intra``); SequenceItems
+      does not record it. False: the intra maps are the identity (x_bar = x).
+    precision: matmul precision.
+
+  Returns:
+    A dict of float32 arrays; rows and columns of padded positions are 0:
+    intra_a (S_a, S_a): softmax_m <q_a^i, x_a^m> (row i, Eq. 2-3);
+    inter_a (S_a, S_b): softmax_n <q_a^i, x_b^n>, a -> b;
+    intra_b (S_b, S_b), inter_b (S_b, S_a): the same with a and b swapped;
+    d_a (S_a,): ||x_bar_a^i - x_hat_b^i||_2 (Eq. 4), d_b (S_b,) likewise;
+    mask_a (S_a,), mask_b (S_b,): bool, True at valid positions;
+    distance (): mean_i d_a^i / 2 + mean_j d_b^j / 2 over valid positions
+      (Eq. 5). With the inter-sequence attention off the layer compares
+      pooled vectors instead, so inter_*, d_* and distance describe the
+      alignment that layer does not use.
+  """
+  pick = lambda items, index: SequenceItems(*(leaf[index] for leaf in items))
+  a, b = pick(items_a, index_a), pick(items_b, index_b)
+  chex.assert_equal(a.x.shape[-1], b.x.shape[-1])
+
+  def one_side(ref: SequenceItems, mem: SequenceItems):
+    both = ref.mask[:, None] & ref.mask[None, :]
+    if intra:
+      logits = jnp.einsum("id,md->im", ref.q, ref.x, precision=precision)
+      intra_w = _masked_softmax(logits, ref.mask[None, :])
+    else:
+      intra_w = jnp.eye(ref.mask.shape[0], dtype=jnp.float32)
+    intra_w = jnp.where(both, intra_w, 0.0)
+    logits = jnp.einsum("id,nd->in", ref.q, mem.x, precision=precision)
+    inter_w = _masked_softmax(logits, mem.mask[None, :])
+    inter_w = jnp.where(ref.mask[:, None] & mem.mask[None, :], inter_w, 0.0)
+    x_hat = jnp.einsum("in,nd->id", inter_w, mem.x, precision=precision)
+    local = jnp.linalg.norm(ref.x_bar - x_hat, axis=-1)  # Eq. 4
+    local = jnp.where(ref.mask, local, 0.0)
+    return intra_w, inter_w, local
+
+  intra_a, inter_a, d_a = one_side(a, b)
+  intra_b, inter_b, d_b = one_side(b, a)
+  distance = 0.5 * d_a.sum() / a.length + 0.5 * d_b.sum() / b.length
+  return {"intra_a": intra_a, "inter_a": inter_a, "intra_b": intra_b,
+          "inter_b": inter_b, "d_a": d_a, "d_b": d_b, "mask_a": a.mask,
+          "mask_b": b.mask, "distance": distance}

@@ -9,6 +9,11 @@ the paper's choice) or f_t (``"pre_bn"``).
 
 Readings: the BNNeck bias is absent rather than frozen (the same function);
 the classifier is initialised N(0, 0.001^2) as in the authors' code.
+
+Video (``video=True``, clips (B, T, H, W, 3)): every frame goes through the
+backbone and its pooled vectors are averaged over time ("temporal pooling",
+the video baseline of Gao & Nevatia, "Revisiting Temporal Modeling for
+Video-based Person ReID", 2018) before the BNNeck.
 """
 
 from __future__ import annotations
@@ -33,12 +38,14 @@ class StrongBaseline(nn.Module):
     num_classes: number of training identities.
     feature_key: which backbone output to pool.
     embed_feature: ``"bn"`` (after the BNNeck) or ``"pre_bn"``.
+    video: inputs are clips (B, T, H, W, 3), pooled over space and time.
   """
 
   backbone: nn.Module
   num_classes: int
   feature_key: str = "stage4"
   embed_feature: str = "bn"
+  video: bool = False
 
   kind: ClassVar[str] = interface.EMBEDDING
 
@@ -53,19 +60,29 @@ class StrongBaseline(nn.Module):
         kernel_init=nn.initializers.normal(stddev=1e-3), name="classifier")
 
   def _pooled(self, images: jax.Array, train: bool) -> jax.Array:
+    if self.video:  # (B, T, H, W, 3): frames through the backbone as one batch.
+      frames = self._pooled_images(images.reshape((-1,) + images.shape[2:]), train)
+      return frames.reshape(images.shape[:2] + frames.shape[1:]).mean(axis=1)
+    return self._pooled_images(images, train)
+
+  def _pooled_images(self, images: jax.Array, train: bool) -> jax.Array:
+    if images.ndim != 4:
+      raise ValueError(f"Expected images (B, H, W, 3){' (frames of clips)' if self.video else ''}"
+                       f", got shape {images.shape}; clips need model.video=True.")
     feature_map = self.backbone(images, train=train)[self.feature_key]
     # Pool in float32 even when the backbone computes in bfloat16.
     return jnp.mean(feature_map.astype(jnp.float32), axis=(1, 2))
 
   def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:
-    """images (B, H, W, 3) -> features (B, C), embeddings (B, C), logits (B, N)."""
+    """images (B, H, W, 3) or clips (B, T, H, W, 3) -> features (B, C),
+    embeddings (B, C), logits (B, N)."""
     features = self._pooled(images, train)
     embeddings = self.neck(features, use_running_average=not train)
     return {"features": features, "embeddings": embeddings,
             "logits": self.classifier(embeddings)}
 
   def embed(self, images: jax.Array) -> jax.Array:
-    """images (B, H, W, 3) -> (B, C) test-time embeddings."""
+    """images (B, H, W, 3) or clips (B, T, H, W, 3) -> (B, C) test-time embeddings."""
     features = self._pooled(images, train=False)
     if self.embed_feature == "pre_bn":
       return features

@@ -16,7 +16,7 @@ import ml_collections
 
 from reidjax.backbones.densenet import densenet121
 from reidjax.backbones.resnet import ResNet
-from reidjax.models import baseline
+from reidjax.models import baseline, duatm
 
 Objective = Callable[[dict[str, Any], dict[str, Any], ml_collections.ConfigDict],
                      tuple[Any, dict[str, Any]]]
@@ -47,7 +47,11 @@ def build_backbone(config: ml_collections.ConfigDict, dtype: str) -> nn.Module:
                   last_stride=config.get("last_stride", 1),
                   dtype=compute_dtype(dtype))
   if config.name == "densenet121":
-    return densenet121(dtype=compute_dtype(dtype))
+    # growth_rate / block_config / num_init_features may shrink it for CPU runs.
+    shrink = {k: (tuple(config[k]) if k == "block_config" else config[k])
+              for k in ("growth_rate", "block_config", "num_init_features")
+              if k in config}
+    return densenet121(dtype=compute_dtype(dtype), **shrink)
   raise ValueError(f"Unknown model.backbone.name {config.name!r}; known: "
                    "['densenet121', 'resnet50'].")
 
@@ -57,11 +61,23 @@ def _build_baseline(config: ml_collections.ConfigDict, num_classes: int):
       backbone=build_backbone(config.backbone, config.get("dtype", "float32")),
       num_classes=num_classes,
       feature_key=LAST_FEATURE_MAP[config.backbone.name],
-      embed_feature=config.get("embed_feature", "bn"))
+      embed_feature=config.get("embed_feature", "bn"),
+      video=config.get("video", False))
+
+
+def _build_duatm(config: ml_collections.ConfigDict, num_classes: int):
+  return duatm.DuATM(
+      backbone=build_backbone(config.backbone, config.get("dtype", "float32")),
+      num_classes=num_classes,
+      feature_key=LAST_FEATURE_MAP[config.backbone.name],
+      dim=config.get("dim", 256), video=config.get("video", False),
+      matching=config.get("matching", "full"),
+      corruption_probability=config.get("corruption_probability", 0.2))
 
 
 MODELS: dict[str, ModelEntry] = {
     "baseline": ModelEntry(_build_baseline, baseline.baseline_objective),
+    "duatm": ModelEntry(_build_duatm, duatm.duatm_objective),
 }
 
 

@@ -9,12 +9,25 @@ end of training.
 Optimizers: ``adam`` and ``sgd`` add weight decay to the gradient (L2, as
 torch.optim and the papers' code do); ``adamw`` decouples it (Loshchilov &
 Hutter).
+
+Frozen backbone phase (``freeze_backbone_epochs``, DuATM Sec. 4.1: the
+backbone is fixed for the first 100 epochs): the parameters under the
+top-level ``backbone`` scope get zero updates, no weight decay and no
+momentum for that many epochs (``optax.transforms.conditionally_mask``
+passes the inner state through unchanged), then the same optimizer as the
+rest. Their inner schedule is shifted by the frozen steps so that every
+parameter follows the one global learning-rate schedule.
 """
 
 from __future__ import annotations
 
+from typing import Any
+
+import jax
 import ml_collections
 import optax
+
+BACKBONE_SCOPE = "backbone"
 
 
 def make_schedule(config: ml_collections.ConfigDict, *, lr: float,
@@ -43,9 +56,8 @@ def make_schedule(config: ml_collections.ConfigDict, *, lr: float,
   return optax.join_schedules([ramp, decay], [warmup])
 
 
-def make_optimizer(config: ml_collections.ConfigDict,
-                   schedule: optax.Schedule) -> optax.GradientTransformation:
-  """``config``: the ``optimizer`` section (name, weight_decay, momentum, ...)."""
+def _base_optimizer(config: ml_collections.ConfigDict,
+                    schedule: optax.Schedule) -> optax.GradientTransformation:
   wd = config.get("weight_decay", 0.0)
   if config.name == "adam":
     return optax.chain(optax.add_decayed_weights(wd),
@@ -60,3 +72,27 @@ def make_optimizer(config: ml_collections.ConfigDict,
                                  nesterov=config.get("nesterov", False)))
   raise ValueError(f"optimizer.name must be 'adam', 'adamw' or 'sgd', got "
                    f"{config.name!r}.")
+
+
+def _backbone_labels(params: Any) -> dict[str, Any]:
+  return {k: jax.tree.map(lambda _, k=k: "backbone" if k == BACKBONE_SCOPE else "head", v)
+          for k, v in params.items()}
+
+
+def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, *,
+                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
+  """``config``: the ``optimizer`` section (name, weight_decay, momentum,
+  freeze_backbone_epochs ...); ``steps_per_epoch`` is needed to freeze."""
+  freeze_epochs = config.get("freeze_backbone_epochs", 0)
+  if not freeze_epochs:
+    return _base_optimizer(config, schedule)
+  if not steps_per_epoch:
+    raise ValueError("optimizer.freeze_backbone_epochs needs steps_per_epoch.")
+  frozen_steps = int(round(freeze_epochs * steps_per_epoch))
+  shifted = lambda count: schedule(count + frozen_steps)
+  backbone = optax.transforms.conditionally_mask(
+      _base_optimizer(config, shifted),
+      should_transform_fn=lambda count: count >= frozen_steps)
+  return optax.multi_transform(
+      {"backbone": backbone, "head": _base_optimizer(config, schedule)},
+      _backbone_labels)

@@ -26,6 +26,14 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
+def model_input_shape(data_config: Any) -> tuple[int, ...]:
+  """The ``data`` config section -> (H, W, 3), or (T, H, W, 3) for video clips."""
+  frame = (data_config.height, data_config.width, 3)
+  if data_config.get("video", False):
+    return (data_config.clip_length,) + frame
+  return frame
+
+
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
              input_shape: tuple[int, ...]):
   """A zero-argument function that builds the initial ``TrainState``."""

@@ -7,6 +7,10 @@ from reidjax.viz.report import (
     ranked_lists,
     write_metrics_json,
 )
+from reidjax.viz.attention import (
+    draw_pair_attention,
+    pair_attention_figure,
+)
 
 __all__ = [
     "cell_origin",
@@ -14,4 +18,6 @@ __all__ = [
     "ranked_list_image",
     "ranked_lists",
     "write_metrics_json",
+    "draw_pair_attention",
+    "pair_attention_figure",
 ]

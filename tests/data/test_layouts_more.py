@@ -325,5 +325,6 @@ def test_custom_errors(tmp_path):
 def test_registry_lists_all_layouts(tmp_path):
   with pytest.raises(ValueError) as e:
     layouts.parse_dataset("cuhk03", str(tmp_path))
-  assert ("known layouts: custom, dukemtmc, market1501, msmt17, "
-          "occluded_duke.") in str(e.value)
+  assert ("known layouts: cuhk03_detected, cuhk03_labeled, custom, dukemtmc, "
+          "dukemtmc_video, ilidsvid, market1501, mars, msmt17, occluded_duke, "
+          "prid2011.") in str(e.value)

@@ -6,6 +6,7 @@ import os
 import numpy as np
 from PIL import Image
 import pytest
+import tensorflow as tf
 
 from reidjax.data import pipeline
 from reidjax.data.index import ImageSplit
@@ -199,3 +200,81 @@ def test_train_corrupt_jpeg_error_names_the_file(split):
   with pytest.raises(ValueError, match=f"Cannot decode.*{bad}"):
     for _ in itertools.islice(_train(split), NUM_IDS // 4):
       pass
+
+
+def test_train_skip_corrupt_replaces_by_same_identity_and_counts(split,
+                                                                  caplog):
+  # pid 4 owns images 10..14; image 12 goes bad, image 13 stands in for it.
+  bad = 12
+  assert list(np.flatnonzero(split.pids == 4)) == [10, 11, 12, 13, 14]
+  steps = 6
+  no_aug = AugmentConfig(H, W, flip=False, pad=0, random_erasing=0.0)
+  clean = [_image_ids(b["images"])
+           for b in itertools.islice(_train(split, augment=no_aug), steps)]
+  occurrences = sum(int((ids == bad).sum()) for ids in clean)
+  assert occurrences > 0
+  _truncate(split.paths[bad])
+  batches = _train(split, augment=no_aug, skip_corrupt=True)
+  for ids, batch in zip(clean, itertools.islice(batches, steps)):
+    assert batch["images"].shape == (8, H, W, 3)
+    np.testing.assert_array_equal(_image_ids(batch["images"]),
+                                  np.where(ids == bad, 13, ids))
+    # Same identity, so the P x K labels are untouched.
+    assert (batch["pids"].reshape(4, 2) == batch["pids"][::2, None]).all()
+  assert batches.stats == {"corrupt_files": 1, "replaced": occurrences}
+  assert batches.corrupt_files == [split.paths[bad]]
+  # The skip is logged once, naming the file and its stand-in.
+  warnings = [r.getMessage() for r in caplog.records
+              if r.levelname == "WARNING"]
+  warnings = [m for m in warnings if split.paths[bad] in m]
+  assert len(warnings) == 1 and split.paths[13] in warnings[0]
+
+
+def test_train_skip_corrupt_resume_replays(split):
+  _truncate(split.paths[6])  # pid 3 (images 6..9).
+  run = list(itertools.islice(_train(split, skip_corrupt=True), 4))
+  resumed = next(_train(split, skip_corrupt=True, start_step=3))
+  for key in resumed:
+    np.testing.assert_array_equal(resumed[key], run[3][key])
+
+
+def test_train_skip_corrupt_identity_without_readable_image_raises(split):
+  bad = split.paths[0]  # The only image of pid 0, in every epoch.
+  _truncate(bad)
+  with pytest.raises(ValueError, match=f"No readable replacement.*{bad}"):
+    for _ in itertools.islice(_train(split, skip_corrupt=True), NUM_IDS // 4):
+      pass
+
+
+class _BytesReader:
+  """A reader over in-memory encoded images (what a TFDS reader provides)."""
+
+  def __init__(self, blobs):
+    self._blobs = tf.constant(blobs, tf.string)
+
+  def read(self, index):
+    return tf.gather(self._blobs, index)
+
+  def name(self, index):
+    return f"record {index}"
+
+
+def test_custom_reader_feeds_train_and_eval(split):
+  blobs = []
+  for path in split.paths:
+    with open(path, "rb") as f:
+      blobs.append(f.read())
+  reader = _BytesReader(blobs)
+  from_files = next(pipeline.eval_batches(split, batch_size=8, height=H,
+                                          width=W))
+  from_reader = next(pipeline.eval_batches(split, batch_size=8, height=H,
+                                           width=W, reader=reader))
+  for key in from_files:
+    np.testing.assert_array_equal(from_reader[key], from_files[key])
+  train = next(_train(split, reader=reader))
+  np.testing.assert_array_equal(train["images"], next(_train(split))["images"])
+  # Errors name the item the reader's way.
+  blobs[3] = blobs[3][:len(blobs[3]) // 2]
+  with pytest.raises(ValueError, match="Cannot decode image file record 3"):
+    list(pipeline.eval_batches(split, batch_size=8, height=H, width=W,
+                               reader=_BytesReader(blobs)))

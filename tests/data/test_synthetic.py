@@ -238,3 +238,20 @@ def test_raw_pixels_are_a_weak_descriptor(tmp_path):
   hq, hg = colour_hist(q), colour_hist(g)
   hist_map, _ = _map_rank1(-hq @ hg.T, *args)
   assert hist_map >= 3 * raw_map and hist_map >= 0.12, (hist_map, raw_map)
+
+
+def test_few_images_per_id_spread_over_fewer_cameras(tmp_path):
+  """images_per_id = 6 with 6 cameras: each id is seen in exactly 3 cameras
+  (two images each), instead of failing to draw a camera count."""
+  root = str(tmp_path / "few")
+  synthetic.write_synthetic_market(root, num_train_ids=3, num_test_ids=2, num_cameras=6,
+                                   images_per_id=6, num_distractors=0, num_junk=0,
+                                   image_size=(32, 16))
+  ds = layouts.parse_market1501(root)
+  per_id = collections.defaultdict(list)
+  for p in ds.train.paths + ds.query.paths + ds.gallery.paths:
+    pid, cam = _name_fields(p)
+    per_id[pid].append(cam)
+  assert len(per_id) == 5
+  for cams in per_id.values():
+    assert sorted(collections.Counter(cams).values()) == [2, 2, 2]

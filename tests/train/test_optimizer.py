@@ -45,3 +45,39 @@ def test_adam_weight_decay_is_l2_on_the_gradient():
   updates, _ = tx.update(grads, tx.init(params), params)
   np.testing.assert_allclose(updates["w"], [-0.1, 0.1], rtol=1e-4)
   assert isinstance(tx, optax.GradientTransformation)
+
+
+def _sgd_by_hand(params, grads, lrs, momentum=0.9, wd=0.1):
+  """torch-style SGD with L2 weight decay and momentum, in NumPy."""
+  w, trace = np.float64(params), 0.0
+  for g, lr in zip(grads, lrs):
+    trace = momentum * trace + (g + wd * w)
+    w = w - lr * trace
+  return w
+
+
+def test_frozen_backbone_phase_then_the_global_schedule():
+  c = ml_collections.ConfigDict(dict(name="sgd", momentum=0.9, weight_decay=0.1,
+                                     freeze_backbone_epochs=1))
+  sched = optax.piecewise_constant_schedule(1.0, {4: 0.1})  # x0.1 from step 4
+  tx = optimizer.make_optimizer(c, sched, steps_per_epoch=2)  # frozen: steps 0, 1
+  params = {"backbone": {"w": np.float32(1.0)}, "head": {"w": np.float32(2.0)}}
+  state = tx.init(params)
+  grads = [0.5, -0.25, 1.0, 0.75, -0.5, 0.25]
+  for g in grads:
+    updates, state = tx.update({"backbone": {"w": np.float32(g)}, "head": {"w": np.float32(g)}},
+                               state, params)
+    params = optax.apply_updates(params, updates)
+  lrs = [sched(s) for s in range(6)]
+  # The head trains from step 0; the backbone from step 2 with the same
+  # global learning rates (1, 1 then 0.1 from step 4), no momentum or decay
+  # accumulated while frozen.
+  np.testing.assert_allclose(params["head"]["w"], _sgd_by_hand(2.0, grads, lrs), rtol=1e-5)
+  np.testing.assert_allclose(params["backbone"]["w"],
+                             _sgd_by_hand(1.0, grads[2:], lrs[2:]), rtol=1e-5)
+
+
+def test_freezing_needs_steps_per_epoch():
+  c = ml_collections.ConfigDict(dict(name="sgd", freeze_backbone_epochs=1))
+  with pytest.raises(ValueError, match="steps_per_epoch"):
+    optimizer.make_optimizer(c, 0.1)

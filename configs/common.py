@@ -1,0 +1,89 @@
+"""Config sections shared by every paper's config: data, train, eval.
+
+A paper config (``configs/<paper>.py``) builds its model, loss, optimizer
+and schedule, and takes ``data``, ``train`` and ``eval`` from here for the
+dataset named by its argument:
+
+  image: market1501, dukemtmc, occluded_duke, msmt17, cuhk03_labeled,
+         cuhk03_detected, custom, synthetic (generated Market layout)
+  video: mars, dukemtmc_video, ilidsvid, prid2011, synthetic_video
+         (generated MARS layout)
+
+``data.root`` must point at the unpacked dataset (the synthetic sets are
+written there on first use). iLIDS-VID and PRID-2011 take
+``data.options.split_index`` (0-9).
+"""
+
+import ml_collections
+
+IMAGE_DATASETS = ("market1501", "dukemtmc", "occluded_duke", "msmt17",
+                  "cuhk03_labeled", "cuhk03_detected", "custom", "synthetic")
+VIDEO_DATASETS = ("mars", "dukemtmc_video", "ilidsvid", "prid2011", "synthetic_video")
+DATASETS = IMAGE_DATASETS + VIDEO_DATASETS
+
+# Where the synthetic sets are written by default.
+SYNTHETIC_ROOTS = {"synthetic": "data/synthetic_market",
+                   "synthetic_video": "data/synthetic_mars"}
+
+
+def check_dataset(name: str, config_file: str, extra: tuple[str, ...] = ()) -> None:
+  if name not in DATASETS + extra:
+    raise ValueError(f"{config_file} takes ':<dataset>' with a dataset in "
+                     f"{list(DATASETS + extra)}, got {name!r}.")
+
+
+def data_config(name: str) -> ml_collections.ConfigDict:
+  """The ``data`` section for dataset ``name`` (image or video)."""
+  d = ml_collections.ConfigDict()
+  d.name = name
+  d.root = ml_collections.FieldReference(SYNTHETIC_ROOTS.get(name, ""), field_type=str)
+  d.options = ml_collections.ConfigDict()  # parser options, e.g. split_index
+  if name in ("ilidsvid", "prid2011"):
+    d.options.split_index = 0
+  d.source = "folder"  # or "tfds": a dataset prepared by reidjax.data.tfds_builders
+  d.tfds_data_dir = ""  # "": TFDS's default (~/tensorflow_datasets)
+  d.skip_corrupt = False  # True: skip (and count, and log) unreadable images
+  d.video = name in VIDEO_DATASETS
+  d.height, d.width = 256, 128
+  d.num_identities = 16  # P (identities per batch)
+  d.num_instances = 4  # K (images or tracklets per identity)
+  d.flip = True
+  d.pad = 10
+  d.random_erasing = 0.5
+  d.eval_batch_size = 128
+  if d.video:
+    # reidjax.data.clips strategies; frames per clip to train and to test.
+    d.clip_length = 4
+    d.train_clip_strategy = "evenly"
+    d.clip_stride = 8  # for the "stride" strategy
+    d.test_clip_length = 4
+    d.test_clip_strategy = "all"  # all clips of test_clip_length, pooled per tracklet
+    d.test_clip_stride = 4
+    d.eval_batch_size = 16  # clips
+  return d
+
+
+def train_config() -> ml_collections.ConfigDict:
+  t = ml_collections.ConfigDict()
+  t.log_every_steps = 50
+  t.checkpoint_every_steps = 1000
+  t.keep_checkpoints = 3
+  t.eval_every_epochs = 40  # 0: only at the end.
+  return t
+
+
+def eval_config(name: str) -> ml_collections.ConfigDict:
+  e = ml_collections.ConfigDict()
+  e.metric = "cosine"  # or "euclidean" (squared)
+  e.max_rank = 50
+  e.normalize = False  # L2-normalise features before the distance
+  e.flip = False  # average the features of each image and its mirror
+  # CUHK03 here is the 767/700 protocol, ranked like Market-1501; "cuhk03" is
+  # the old single-gallery-shot protocol (1367/100 splits).
+  e.protocol = "market1501"
+  e.num_repeats = 10  # cuhk03 protocol only
+  e.camera_filter = True  # False for data without camera ids
+  e.streaming = name == "msmt17"  # never build the Q x G matrix (MSMT17 scale)
+  e.clip_pooling = "mean"  # video: clip features -> tracklet feature
+  e.rerank_top_k = 0  # pair models: 0 = full pairwise ranking, K = two-stage
+  return e

@@ -1,0 +1,212 @@
+"""DuATM model: full-size shapes and parameters, sequence extraction, the
+training/inference paths against the NumPy reference, the objective."""
+
+import chex
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+
+from reidjax import models
+from reidjax.models import duatm
+from tests.layers import duatm_reference as ref
+
+_TINY_BACKBONE = dict(name="densenet121", growth_rate=4, block_config=(1, 1, 1, 1),
+                      num_init_features=8)
+
+
+def _config(video=False, matching="full", dim=8, **backbone):
+  return ml_collections.ConfigDict(dict(
+      name="duatm", dtype="float32", dim=dim, video=video, matching=matching,
+      corruption_probability=0.2,
+      backbone={"name": "densenet121", **backbone}))
+
+
+def _count(tree):
+  return sum(x.size for x in jax.tree.leaves(tree))
+
+
+def test_full_size_image_shapes_and_parameter_count():
+  model = models.build_model(_config(dim=256), num_classes=751)
+  images = jax.ShapeDtypeStruct((2, 256, 128, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), images)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, images)
+  chex.assert_shape(out["sequence"], (2, 32, 256))  # the 8 x 4 Block-4 map
+  chex.assert_shape(out["distances"], (2, 2))
+  chex.assert_shape(out["logits"], (2, 751))
+  # DenseNet-121 features + FC 1024 -> 256 + transform W, b (256 x 256) and its
+  # BN scale/shift + the bias-free classifier.
+  expected = (6_953_856 + (1024 * 256 + 256) + (256 * 256 + 256 + 2 * 256)
+              + 256 * 751)
+  assert _count(variables["params"]) == expected
+  items = jax.eval_shape(lambda v, x: model.apply(v, x, method="embed"),
+                         variables, images)
+  chex.assert_shape([items["x"], items["q"], items["x_bar"]], (2, 32, 256))
+  chex.assert_shape(items["gram"], (2, 32, 32))
+  chex.assert_shape(items["global"], (2, 256))
+  assert models.model_kind(model) == models.PAIR
+
+
+def test_full_size_video_shapes_and_parameter_count():
+  model = models.build_model(_config(dim=256, video=True), num_classes=625)
+  clips = jax.ShapeDtypeStruct((2, 16, 128, 64, 3), jnp.float32)
+  variables = jax.eval_shape(lambda x: model.init(jax.random.PRNGKey(0), x), clips)
+  out = jax.eval_shape(lambda v, x: model.apply(v, x), variables, clips)
+  chex.assert_shape(out["sequence"], (2, 16, 256))  # one vector per frame
+  # Two LSTMs of 128 units on 1024 inputs: 4 gates x (input + hidden + bias).
+  lstm = 2 * 4 * (1024 * 128 + 128 * 128 + 128)
+  assert _count(variables["params"]) == (6_953_856 + lstm + (256 * 256 + 256 + 512)
+                                          + 256 * 625)
+
+
+@pytest.fixture(scope="module")
+def tiny_image_model():
+  model = models.build_model(_config(**_TINY_BACKBONE), num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(1), (5, 64, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  # Non-trivial BN statistics in the matcher so q is not the init's.
+  variables = jax.tree.map(lambda x: x, variables)
+  stats = variables["batch_stats"]["matcher"]["norm"]
+  stats["mean"] = stats["mean"] + 0.1
+  stats["var"] = stats["var"] * 1.5
+  return model, variables, images
+
+
+def test_sequence_is_the_projected_unit_norm_feature_map(tiny_image_model):
+  model, variables, images = tiny_image_model
+  x, mask = model.apply(variables, images, method="sequence")
+  chex.assert_shape(x, (5, 2, 8))  # 64 x 32 input -> 2 x 1 map, S = 2
+  assert bool(mask.all())
+  np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 1.0, rtol=1e-5)
+  # Independent: backbone map, row-major positions, W x + b, normalise.
+  fmap = model.backbone.apply({"params": variables["params"]["backbone"],
+                               "batch_stats": variables["batch_stats"]["backbone"]},
+                              images, train=False)["block4"]
+  p = variables["params"]["project"]
+  seq = np.asarray(fmap, np.float64).reshape(5, 2, -1) @ np.asarray(p["kernel"]) + p["bias"]
+  seq /= np.linalg.norm(seq, axis=-1, keepdims=True)
+  np.testing.assert_allclose(x, seq, atol=1e-5)
+
+
+def test_embed_and_pair_distance_match_the_numpy_equations(tiny_image_model):
+  model, variables, images = tiny_image_model
+  items = model.apply(variables, images, method="embed")
+  dist = np.asarray(model.apply(variables, items, items, method="pair_distance"))
+  x = np.asarray(model.apply(variables, images, method="sequence")[0], np.float64)
+  stats = variables["batch_stats"]["matcher"]["norm"]
+  expected = ref.distance_matrix(list(x), list(x), variables["params"]["matcher"],
+                                 np.asarray(stats["mean"]), np.asarray(stats["var"]))
+  np.testing.assert_allclose(dist, expected, atol=2e-3)
+  np.testing.assert_allclose(dist, dist.T, atol=1e-6)  # symmetric in (a, b)
+  # The inference forward pass gives the same all-pairs matrix.
+  out = model.apply(variables, images, train=False)
+  np.testing.assert_allclose(out["distances"], dist, atol=1e-5)
+  # "global": the normalised mean of the sequence.
+  mean = x.mean(axis=1)
+  np.testing.assert_allclose(items["global"],
+                             mean / np.linalg.norm(mean, axis=1, keepdims=True), atol=1e-5)
+
+
+@pytest.mark.parametrize("matching", ["intra", "inter", "avepool"])
+def test_ablation_switches(matching):
+  model = models.build_model(_config(matching=matching, **_TINY_BACKBONE), num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(2), (3, 64, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  dist = np.asarray(model.apply(variables, images, train=False)["distances"])
+  x = np.asarray(model.apply(variables, images, method="sequence")[0], np.float64)
+  intra, inter = duatm.MATCHING[matching]
+  if "matcher" in variables["params"]:
+    stats = variables["batch_stats"]["matcher"]["norm"]
+    expected = ref.distance_matrix(list(x), list(x), variables["params"]["matcher"],
+                                   np.asarray(stats["mean"]), np.asarray(stats["var"]),
+                                   intra=intra, inter=inter)
+  else:  # avepool: no transform layer at all
+    assert matching == "avepool"
+    mean = x.mean(axis=1)
+    expected = np.linalg.norm(mean[:, None] - mean[None], axis=-1)
+  np.testing.assert_allclose(dist, expected, atol=2e-3)
+
+
+def test_video_sequence_is_bilstm_of_frame_vectors():
+  model = models.build_model(_config(video=True, **_TINY_BACKBONE), num_classes=3)
+  clips = jax.random.normal(jax.random.PRNGKey(3), (2, 5, 32, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), clips)
+  x, mask = model.apply(variables, clips, method="sequence")
+  chex.assert_shape(x, (2, 5, 8))
+  assert bool(mask.all())
+  np.testing.assert_allclose(np.linalg.norm(x, axis=-1), 1.0, rtol=1e-5)
+  # Bidirectional: changing the last frame changes the first hidden state
+  # (backward direction), changing the first frame changes the last one.
+  changed = clips.at[:, -1].set(0.0)
+  y, _ = model.apply(variables, changed, method="sequence")
+  assert np.abs(np.asarray(y[:, 0] - x[:, 0])).max() > 1e-4
+  # Each clip is processed on its own: the second clip's sequence does not
+  # depend on the first clip (frames are not mixed across the batch).
+  other = clips.at[0].set(0.0)
+  z, _ = model.apply(variables, other, method="sequence")
+  np.testing.assert_allclose(z[1], x[1], atol=1e-5)
+
+
+def test_objective_is_the_weighted_sum_of_the_three_losses():
+  rng = np.random.default_rng(0)
+  pids = np.repeat(np.arange(3), 2)
+  d = rng.uniform(0.1, 1.0, (6, 6))
+  distances = (d + d.T) / 2 * (1 - np.eye(6))
+  seq = rng.normal(size=(6, 4, 5))
+  seq /= np.linalg.norm(seq, axis=-1, keepdims=True)
+  logits = rng.normal(size=(6, 3))
+  outputs = {"distances": jnp.asarray(distances, jnp.float32),
+             "sequence": jnp.asarray(seq, jnp.float32),
+             "mask": jnp.ones((6, 4), bool), "logits": jnp.asarray(logits, jnp.float32)}
+  config = ml_collections.ConfigDict(dict(triplet_margin=0.2, triplet_weight=1.0,
+                                          decorrelation_weight=0.1, ce_weight=0.5,
+                                          label_smoothing=0.0))
+  total, metrics = duatm.duatm_objective(outputs, {"pids": jnp.asarray(pids)}, config)
+  # NumPy: batch-hard triplet, Eq. 7 and softmax cross-entropy.
+  triplet = np.mean([max(0.0, 0.2 + max(distances[a, p] for p in range(6)
+                                        if pids[p] == pids[a] and p != a)
+                         - min(distances[a, n] for n in range(6) if pids[n] != pids[a]))
+                     for a in range(6)])
+  decor = np.mean([np.sum((np.eye(4) - s @ s.T) ** 2) / 16 for s in seq])
+  log_p = logits - np.log(np.exp(logits).sum(1, keepdims=True))
+  ce = -np.mean(log_p[np.arange(6), pids])
+  np.testing.assert_allclose(metrics["triplet"], triplet, rtol=1e-5)
+  np.testing.assert_allclose(metrics["decorrelation"], decor, rtol=1e-5)
+  np.testing.assert_allclose(metrics["ce"], ce, rtol=1e-5)
+  np.testing.assert_allclose(total, triplet + 0.1 * decor + 0.5 * ce, rtol=1e-5)
+
+
+def test_training_logits_use_a_random_convex_combination(tiny_image_model):
+  model, variables, images = tiny_image_model
+  out, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                       rngs={"dropout": jax.random.PRNGKey(7)})
+  x = np.asarray(out["sequence"], np.float64)  # (5, 2, 8)
+  z = np.asarray(out["pooled"], np.float64)
+  kernel = np.asarray(variables["params"]["classifier"]["kernel"])
+  np.testing.assert_allclose(out["logits"], z @ kernel, atol=1e-6)
+  weights = []
+  for b in range(len(x)):  # z_b = sum_i w_i x_b^i: recover w by least squares.
+    w, *_ = np.linalg.lstsq(x[b].T, z[b], rcond=None)
+    np.testing.assert_allclose(x[b].T @ w, z[b], atol=1e-5)
+    weights.append(w)
+  weights = np.array(weights)
+  assert (weights > -1e-5).all()
+  np.testing.assert_allclose(weights.sum(1), 1.0, atol=1e-5)
+  assert np.abs(weights - 0.5).max() > 0.05  # not the plain average
+  # Another key, other weights; at test time, plain averaging.
+  other, _ = model.apply(variables, images, train=True, mutable=["batch_stats"],
+                         rngs={"dropout": jax.random.PRNGKey(8)})
+  assert np.abs(np.asarray(other["pooled"]) - z).max() > 1e-3
+  x_eval = np.asarray(model.apply(variables, images, method="sequence")[0])
+  np.testing.assert_allclose(model.apply(variables, images)["pooled"],
+                             x_eval.mean(1), atol=1e-6)
+
+
+def test_bad_settings_are_clear_errors():
+  with pytest.raises(ValueError, match="model.matching"):
+    models.build_model(_config(matching="both", **_TINY_BACKBONE), 3).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 32, 32, 3)))
+  with pytest.raises(ValueError, match="even"):
+    models.build_model(_config(video=True, dim=7, **_TINY_BACKBONE), 3).init(
+        jax.random.PRNGKey(0), jnp.zeros((1, 2, 32, 32, 3)))

@@ -15,8 +15,23 @@ import dataclasses
 import numpy as np
 
 
+class _Labelled:
+  """Counts shared by image and video splits (``pids``, ``camids`` arrays)."""
+
+  pids: np.ndarray
+  camids: np.ndarray
+
+  @property
+  def num_pids(self) -> int:
+    return int(np.unique(self.pids).size)
+
+  @property
+  def num_cams(self) -> int:
+    return int(np.unique(self.camids).size)
+
+
 @dataclasses.dataclass(frozen=True)
-class ImageSplit:
+class ImageSplit(_Labelled):
   """One split of an image dataset.
 
   Attributes:
@@ -39,14 +54,6 @@ class ImageSplit:
 
   def __len__(self) -> int:
     return len(self.paths)
-
-  @property
-  def num_pids(self) -> int:
-    return int(np.unique(self.pids).size)
-
-  @property
-  def num_cams(self) -> int:
-    return int(np.unique(self.camids).size)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -73,7 +80,7 @@ class ImageDataset:
 
 
 @dataclasses.dataclass(frozen=True)
-class VideoSplit:
+class VideoSplit(_Labelled):
   """One split of a video dataset: a list of tracklets.
 
   Attributes:
@@ -100,14 +107,6 @@ class VideoSplit:
 
   def __len__(self) -> int:
     return len(self.tracklets)
-
-  @property
-  def num_pids(self) -> int:
-    return int(np.unique(self.pids).size)
-
-  @property
-  def num_cams(self) -> int:
-    return int(np.unique(self.camids).size)
 
   @property
   def num_frames(self) -> np.ndarray:

@@ -23,11 +23,18 @@ each sequence (Eq. 8; plain averaging at test time).
 
 Readings where the paper is silent:
 
-- The ID classifier is one bias-free linear layer on the pooled vector z
-  (Eq. 8 gives only z); it is used for training only.
+- The ID classifier (Eq. 8 gives only its input z) is a BatchNorm without
+  shift followed by a bias-free linear layer, as in the BNNeck of Luo et al.
+  2019; it is used for training only. Why the BatchNorm: z is a convex
+  combination of unit vectors, so |z| <= 1 and a plain linear classifier's
+  logits stay near zero; its cross-entropy then barely moves from
+  ln(#ids) (measured on the synthetic set, 300 ids: 5.70 -> 4.88 in 3000
+  steps, test mAP 0.774; with the BatchNorm 5.41 -> 1.23 in 2400 steps, test
+  mAP 0.782). ``classifier_bn=False`` gives the plain linear
+  layer.
 - Video sequences are full length: clips are sampled with circular
-  padding, so no position is masked. ``sequence_mask`` is still carried, so
-  a caller may pass shorter sequences padded with a mask.
+  padding, so no position is masked. The (B, S) mask is still carried to
+  the matcher and the losses, which handle padded positions.
 - The "global" vector that a two-stage ranking sorts by first is the plain
   mean of the sequence x (the test-time pooling of Eq. 8), L2-normalised.
 - Ablations (Table 1-2) are ``matching``: ``"full"`` (Eq. 1-5), ``"intra"``
@@ -71,6 +78,7 @@ class DuATM(nn.Module):
     video: inputs are clips (B, T, H, W, 3); otherwise images (B, H, W, 3).
     matching: ``"full"``, ``"intra"``, ``"inter"`` or ``"avepool"``.
     corruption_probability: p of Eq. 8's random convex combination.
+    classifier_bn: BatchNorm (no shift) on z before the ID classifier.
   """
 
   backbone: nn.Module
@@ -80,6 +88,7 @@ class DuATM(nn.Module):
   video: bool = False
   matching: str = "full"
   corruption_probability: float = 0.2
+  classifier_bn: bool = True
 
   kind: ClassVar[str] = interface.PAIR
 
@@ -98,6 +107,8 @@ class DuATM(nn.Module):
           nn.RNN(nn.OptimizedLSTMCell(self.dim // 2)), name="temporal")
     else:
       self.project = nn.Dense(self.dim, name="project")
+    if self.classifier_bn:
+      self.neck = nn.BatchNorm(use_bias=False, momentum=0.9, epsilon=1e-5, name="neck")
     self.classifier = nn.Dense(self.num_classes, use_bias=False,
                                kernel_init=nn.initializers.normal(1e-3),
                                name="classifier")
@@ -127,8 +138,12 @@ class DuATM(nn.Module):
     pooled = losses.random_convex_combination(
         self.make_rng("dropout") if train else None, x, mask,
         drop_probability=self.corruption_probability, deterministic=not train)
+    if self.classifier_bn:
+      pooled_for_id = self.neck(pooled, use_running_average=not train)
+    else:
+      pooled_for_id = pooled
     return {"distances": distances, "sequence": x, "mask": mask,
-            "pooled": pooled, "logits": self.classifier(pooled)}
+            "pooled": pooled, "logits": self.classifier(pooled_for_id)}
 
   def embed(self, images: jax.Array) -> dict[str, jax.Array]:
     """Per-item quantities for ``pair_distance``, plus "global" (B, D).

@@ -72,7 +72,8 @@ def _build_duatm(config: ml_collections.ConfigDict, num_classes: int):
       feature_key=LAST_FEATURE_MAP[config.backbone.name],
       dim=config.get("dim", 256), video=config.get("video", False),
       matching=config.get("matching", "full"),
-      corruption_probability=config.get("corruption_probability", 0.2))
+      corruption_probability=config.get("corruption_probability", 0.2),
+      classifier_bn=config.get("classifier_bn", True))
 
 
 MODELS: dict[str, ModelEntry] = {

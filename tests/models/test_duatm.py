@@ -36,9 +36,9 @@ def test_full_size_image_shapes_and_parameter_count():
   chex.assert_shape(out["distances"], (2, 2))
   chex.assert_shape(out["logits"], (2, 751))
   # DenseNet-121 features + FC 1024 -> 256 + transform W, b (256 x 256) and its
-  # BN scale/shift + the bias-free classifier.
+  # BN scale/shift + the classifier's BN scale and bias-free weights.
   expected = (6_953_856 + (1024 * 256 + 256) + (256 * 256 + 256 + 2 * 256)
-              + 256 * 751)
+              + 256 + 256 * 751)
   assert _count(variables["params"]) == expected
   items = jax.eval_shape(lambda v, x: model.apply(v, x, method="embed"),
                          variables, images)
@@ -57,7 +57,7 @@ def test_full_size_video_shapes_and_parameter_count():
   # Two LSTMs of 128 units on 1024 inputs: 4 gates x (input + hidden + bias).
   lstm = 2 * 4 * (1024 * 128 + 128 * 128 + 128)
   assert _count(variables["params"]) == (6_953_856 + lstm + (256 * 256 + 256 + 512)
-                                          + 256 * 625)
+                                          + 256 + 256 * 625)
 
 
 @pytest.fixture(scope="module")
@@ -184,7 +184,10 @@ def test_training_logits_use_a_random_convex_combination(tiny_image_model):
   x = np.asarray(out["sequence"], np.float64)  # (5, 2, 8)
   z = np.asarray(out["pooled"], np.float64)
   kernel = np.asarray(variables["params"]["classifier"]["kernel"])
-  np.testing.assert_allclose(out["logits"], z @ kernel, atol=1e-6)
+  scale = np.asarray(variables["params"]["neck"]["scale"])
+  # BatchNorm (batch statistics in training, no shift), then the classifier.
+  normed = (z - z.mean(0)) / np.sqrt(z.var(0) + 1e-5) * scale
+  np.testing.assert_allclose(out["logits"], normed @ kernel, atol=1e-5)
   weights = []
   for b in range(len(x)):  # z_b = sum_i w_i x_b^i: recover w by least squares.
     w, *_ = np.linalg.lstsq(x[b].T, z[b], rcond=None)
@@ -210,3 +213,16 @@ def test_bad_settings_are_clear_errors():
   with pytest.raises(ValueError, match="even"):
     models.build_model(_config(video=True, dim=7, **_TINY_BACKBONE), 3).init(
         jax.random.PRNGKey(0), jnp.zeros((1, 2, 32, 32, 3)))
+
+
+def test_plain_linear_classifier_without_batchnorm():
+  config = _config(**_TINY_BACKBONE)
+  config.classifier_bn = False
+  model = models.build_model(config, num_classes=3)
+  images = jax.random.normal(jax.random.PRNGKey(4), (2, 64, 32, 3))
+  variables = model.init(jax.random.PRNGKey(0), images)
+  assert "neck" not in variables["params"]
+  out = model.apply(variables, images)
+  np.testing.assert_allclose(
+      out["logits"], np.asarray(out["pooled"]) @ np.asarray(variables["params"]["classifier"]["kernel"]),
+      atol=1e-6)

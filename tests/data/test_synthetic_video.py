@@ -16,23 +16,13 @@ import scipy.io
 
 from reidjax.data import synthetic
 from reidjax.data import synthetic_video as sv
+from tests.data.test_synthetic import _files
 
 SMALL = dict(num_train_ids=3, num_test_ids=5, num_cameras=3,
              tracklets_per_id=(2, 4), min_frames=4, max_frames=8, height=64,
              width=32, num_distractor_tracklets=3, num_junk_tracklets=2,
              jpeg_quality=90)
 NAME = re.compile(r"^(\d{4}|00-1)C([1-9])T(\d{4})F(\d{3})\.jpg$")
-
-
-def _files(root):
-  """{relative path: bytes} of every file under root."""
-  out = {}
-  for d, _, names in os.walk(root):
-    for n in names:
-      p = os.path.join(d, n)
-      with open(p, "rb") as f:
-        out[os.path.relpath(p, root)] = f.read()
-  return out
 
 
 def _fields(name):

@@ -11,6 +11,7 @@ from reidjax.data import clips, pipeline
 from reidjax.data.index import VideoSplit
 from reidjax.data.sampler import IdentitySampler
 from reidjax.data.transforms import AugmentConfig
+from tests.data.test_pipeline import _truncate
 
 H, W = 32, 16
 P, K, N = 3, 2, 4  # Identities, tracklets per identity, frames per clip.
@@ -207,13 +208,6 @@ def test_eval_rejects_a_plan_of_another_split(split):
   plan = clips.plan_test_clips(split, N, "all")
   with pytest.raises(ValueError, match="does not fit"):
     pipeline.eval_clip_batches(other, plan, batch_size=4, height=H, width=W)
-
-
-def _truncate(path):
-  with open(path, "rb") as f:
-    data = f.read()
-  with open(path, "wb") as f:
-    f.write(data[:len(data) // 2])
 
 
 def test_eval_corrupt_frame_error_names_the_file(split):

@@ -16,7 +16,11 @@ Implements the DenseNet-121 feature extractor exactly as
 * ``norm5`` after block 4, then the ReLU that torchvision applies in
   ``DenseNet.forward``.
 
-The classifier is left out; heads live in ``reidjax.models``. Dropout inside
+The classifier is left out; heads live in ``reidjax.models``. The stem,
+each dense block and each transition are also callable one by one
+(``DenseNet.stem``, ``block(i)``, ``transition(i)``), so that a parent module
+can insert its own modules between them while the backbone's variables keep
+the names below. Dropout inside
 dense layers (torchvision's ``drop_rate``, 0 for the ImageNet models) is not
 implemented. Memory-efficient (checkpointed) concatenation is not needed: XLA
 decides what to keep for the backward pass.
@@ -170,6 +174,14 @@ class DenseNet(nn.Module):
   classifier (6,953,856 parameters). Parameters are always float32; ``dtype``
   only sets the computation dtype (bf16 on GPU).
 
+  The stem, each dense block and each transition are separate methods
+  (``stem``, ``block``, ``transition``), so a parent can run them one by one
+  and insert its own modules; ``__call__`` is their plain composition.
+  Submodules are created in ``setup``, so a parent may call these methods
+  from its own ``setup`` or ``@nn.compact`` code; every method that uses
+  BatchNorm takes ``train`` (True: batch statistics, needs
+  ``mutable=["batch_stats"]``; False: running averages).
+
   Attributes:
     growth_rate: channels added per dense layer (32).
     block_config: dense layers per block ((6, 12, 24, 16) for DenseNet-121).
@@ -190,12 +202,103 @@ class DenseNet(nn.Module):
   bn_momentum: float = 0.9
   bn_epsilon: float = 1e-5
 
-  @nn.compact
-  def __call__(self, x, train: bool) -> dict[str, Any]:
-    """Runs the backbone.
+  @property
+  def block_features(self) -> tuple[int, ...]:
+    """Output channels of dense blocks 1..4 (before their transition)."""
+    out, channels = [], self.num_init_features
+    for i, num_layers in enumerate(self.block_config):
+      channels += num_layers * self.growth_rate
+      out.append(channels)
+      # int() floors, as torchvision's int(num_features * compression).
+      channels = int(channels * self.compression)
+    return tuple(out)
 
-    ``train=True`` normalises with batch statistics and needs
-    ``mutable=["batch_stats"]``; ``train=False`` uses the running averages.
+  def setup(self):
+    if len(self.block_config) != 4:
+      raise ValueError(
+          f"DenseNet needs 4 dense blocks, got {tuple(self.block_config)}.")
+    norm = functools.partial(
+        nn.BatchNorm, momentum=self.bn_momentum, epsilon=self.bn_epsilon,
+        dtype=self.dtype, param_dtype=jnp.float32)
+    shared = dict(dtype=self.dtype, bn_momentum=self.bn_momentum,
+                  bn_epsilon=self.bn_epsilon)
+    self.conv0 = _conv(self.num_init_features, (7, 7), self.dtype, strides=2,
+                       padding=_PAD3)
+    self.norm0 = norm()
+    for i, (num_layers, channels) in enumerate(zip(self.block_config,
+                                                   self.block_features)):
+      # setattr names the submodules as torchvision does.
+      setattr(self, f"denseblock{i + 1}", DenseBlock(
+          num_layers=num_layers, growth_rate=self.growth_rate,
+          bn_size=self.bn_size, **shared))
+      if i < 3:
+        setattr(self, f"transition{i + 1}", Transition(
+            features=int(channels * self.compression), **shared))
+    self.norm5 = norm()
+
+  def stem(self, x, train: bool):
+    """``conv0`` 7x7/2 -> ``norm0`` -> ReLU -> 3x3/2 max pool.
+
+    Args:
+      x: (N, H, W, 3) float images (already normalised), H, W >= 29.
+      train: training mode for BatchNorm.
+
+    Returns:
+      (N, ceil(ceil(H / 2) / 2), ceil(ceil(W / 2) / 2), num_init_features)
+      in ``dtype``.
+    """
+    if x.ndim != 4:
+      raise ValueError(f"DenseNet expects NHWC images, got shape {x.shape}.")
+    if min(x.shape[1:3]) < MIN_INPUT_SIZE:
+      raise ValueError(
+          f"DenseNet needs images of at least {MIN_INPUT_SIZE}x"
+          f"{MIN_INPUT_SIZE} (three 2x2 transitions after a stride-4 stem), "
+          f"got {x.shape[1]}x{x.shape[2]}.")
+    x = jnp.asarray(x, self.dtype)
+    x = nn.relu(self.norm0(self.conv0(x), use_running_average=not train))
+    # nn.max_pool pads with -inf, like torch's MaxPool2d.
+    return nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
+
+  def block(self, index: int, x, train: bool):
+    """Dense block ``index`` (1..4); block 4 is followed by ``norm5``-ReLU.
+
+    Args:
+      index: 1..4.
+      x: (N, H, W, C): the stem output for block 1, else the output of
+        ``transition(index - 1)``.
+      train: training mode for BatchNorm.
+
+    Returns:
+      (N, H, W, block_features[index - 1]): the ``"block{index}"`` map of
+      ``__call__``.
+    """
+    if index not in (1, 2, 3, 4):
+      raise ValueError(f"DenseNet block index must be 1..4, got {index!r}.")
+    x = getattr(self, f"denseblock{index}")(x, train)
+    if index == 4:
+      x = nn.relu(self.norm5(x, use_running_average=not train))
+    return x
+
+  def transition(self, index: int, x, train: bool):
+    """Transition ``index`` (1..3): BN-ReLU-conv1x1, then 2x2/2 average pool.
+
+    Args:
+      index: 1..3.
+      x: (N, H, W, block_features[index - 1]), the output of
+        ``block(index)``.
+      train: training mode for BatchNorm.
+
+    Returns:
+      (N, floor(H / 2), floor(W / 2),
+      int(compression * block_features[index - 1])).
+    """
+    if index not in (1, 2, 3):
+      raise ValueError(
+          f"DenseNet transition index must be 1..3, got {index!r}.")
+    return getattr(self, f"transition{index}")(x, train)
+
+  def __call__(self, x, train: bool) -> dict[str, Any]:
+    """Runs the backbone: ``stem``, then ``block(i)`` and ``transition(i)``.
 
     Args:
       x: (N, H, W, 3) float images (already normalised), H, W >= 29.
@@ -215,45 +318,13 @@ class DenseNet(nn.Module):
       Spatial sizes: the stem conv and max pool each give ``ceil(h / 2)``,
       each transition ``floor(h / 2)``.
     """
-    if x.ndim != 4:
-      raise ValueError(f"DenseNet expects NHWC images, got shape {x.shape}.")
-    if len(self.block_config) != 4:
-      raise ValueError(
-          f"DenseNet needs 4 dense blocks, got {tuple(self.block_config)}.")
-    if min(x.shape[1:3]) < MIN_INPUT_SIZE:
-      raise ValueError(
-          f"DenseNet needs images of at least {MIN_INPUT_SIZE}x"
-          f"{MIN_INPUT_SIZE} (three 2x2 transitions after a stride-4 stem), "
-          f"got {x.shape[1]}x{x.shape[2]}.")
-
-    norm = functools.partial(
-        nn.BatchNorm, use_running_average=not train,
-        momentum=self.bn_momentum, epsilon=self.bn_epsilon, dtype=self.dtype,
-        param_dtype=jnp.float32)
-    block_kwargs = dict(growth_rate=self.growth_rate, bn_size=self.bn_size,
-                        dtype=self.dtype, bn_momentum=self.bn_momentum,
-                        bn_epsilon=self.bn_epsilon)
-
-    x = jnp.asarray(x, self.dtype)
-    x = _conv(self.num_init_features, (7, 7), self.dtype, strides=2,
-              padding=_PAD3, name="conv0")(x)
-    x = nn.relu(norm(name="norm0")(x))
-    # nn.max_pool pads with -inf, like torch's MaxPool2d.
-    x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=_PAD1)
-
+    x = self.stem(x, train)
     features = {}
-    for i, num_layers in enumerate(self.block_config):
-      x = DenseBlock(num_layers=num_layers, name=f"denseblock{i + 1}",
-                     **block_kwargs)(x, train)
-      if i < 3:
-        features[f"block{i + 1}"] = x
-        # int() floors, as torchvision's int(num_features * compression).
-        x = Transition(features=int(x.shape[-1] * self.compression),
-                       dtype=self.dtype, bn_momentum=self.bn_momentum,
-                       bn_epsilon=self.bn_epsilon,
-                       name=f"transition{i + 1}")(x, train)
-    x = nn.relu(norm(name="norm5")(x))
-    features["block4"] = x
+    for index in range(1, 5):
+      x = self.block(index, x, train)
+      features[f"block{index}"] = x
+      if index < 4:
+        x = self.transition(index, x, train)
     features["pooled"] = jnp.mean(x.astype(jnp.float32), axis=(1, 2))
     return features
 
@@ -262,14 +333,13 @@ def densenet121(**kwargs) -> DenseNet:
   """torchvision DenseNet-121 features (6,953,856 parameters).
 
   Args:
-    **kwargs: other ``DenseNet`` fields (``dtype``, ...); ``growth_rate``,
-      ``block_config`` or ``num_init_features`` shrink the same architecture
-      (CPU quick starts), which then no longer loads DenseNet-121 weights.
+    **kwargs: ``DenseNet`` fields (``dtype``, ...); the defaults are
+      DenseNet-121's. ``growth_rate``, ``block_config`` or
+      ``num_init_features`` shrink the same architecture (CPU quick starts),
+      which then no longer loads DenseNet-121 weights.
 
   Returns:
     A ``DenseNet`` with growth 32, blocks (6, 12, 24, 16), 64 stem features
     unless overridden.
   """
-  fields = dict(growth_rate=32, block_config=(6, 12, 24, 16),
-                num_init_features=64, bn_size=4, compression=0.5)
-  return DenseNet(**{**fields, **kwargs})
+  return DenseNet(**kwargs)

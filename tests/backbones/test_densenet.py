@@ -20,8 +20,8 @@ from reidjax.backbones.densenet import DenseLayer
 from reidjax.backbones.densenet import DenseNet
 from reidjax.backbones.densenet import Transition
 from reidjax.backbones.densenet import densenet121
-from reidjax.models import registry
-from tests.backbones.util import abstract_init, num_entries
+from reidjax.backbones import registry
+from tests.backbones.util import abstract_init, num_entries, random_variables
 
 _DN = ("NHWC", "HWIO", "NHWC")
 _EPS = 1e-5
@@ -33,24 +33,7 @@ def _tiny(**kwargs):
 
 
 def _variables(model, shape, seed=0):
-  """Random variables of the right structure, drawn with NumPy.
-
-  Avoids ``model.init``: compiling JAX's RNG for every parameter costs
-  seconds of CPU, and the values only need to be generic. BN statistics and
-  affine terms are random too, so eval-mode BN is not the identity.
-  """
-  rng = np.random.RandomState(seed)
-
-  def draw(path, leaf):
-    name = path[-1].key
-    if name == "kernel":  # He-normal over fan_in keeps activations O(1)
-      std = np.sqrt(2.0 / np.prod(leaf.shape[:-1]))
-      return jnp.asarray(rng.normal(0.0, std, leaf.shape), leaf.dtype)
-    if name in ("scale", "var"):
-      return jnp.asarray(rng.uniform(0.5, 1.5, leaf.shape), leaf.dtype)
-    return jnp.asarray(rng.normal(0.0, 0.1, leaf.shape), leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(draw, abstract_init(model, shape))
+  return random_variables(abstract_init(model, shape), seed)
 
 
 # One compiled program per forward: eager (op-by-op) execution compiles every

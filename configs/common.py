@@ -11,19 +11,19 @@ dataset named by its argument:
 
 ``data.root`` must point at the unpacked dataset (the synthetic sets are
 written there on first use). iLIDS-VID and PRID-2011 take
-``data.options.split_index`` (0-9).
+``data.options.split_index`` (0-9); MSMT17 takes ``data.options.include_val``
+(False: train on list_train only, 30,248 images; True: list_train +
+list_val, 32,621 images).
+
+The dataset names come from the layout registry (`reidjax.data.layouts`),
+which imports no TensorFlow.
 """
 
 import ml_collections
 
-IMAGE_DATASETS = ("market1501", "dukemtmc", "occluded_duke", "msmt17",
-                  "cuhk03_labeled", "cuhk03_detected", "custom", "synthetic")
-VIDEO_DATASETS = ("mars", "dukemtmc_video", "ilidsvid", "prid2011", "synthetic_video")
-DATASETS = IMAGE_DATASETS + VIDEO_DATASETS
-
-# Where the synthetic sets are written by default.
-SYNTHETIC_ROOTS = {"synthetic": "data/synthetic_market",
-                   "synthetic_video": "data/synthetic_mars"}
+from reidjax.data.datasets import SYNTHETIC_WRITERS
+# IMAGE_DATASETS / VIDEO_DATASETS are re-exported for the paper configs.
+from reidjax.data.layouts import DATASETS, IMAGE_DATASETS, VIDEO_DATASETS, default_options  # noqa: F401
 
 
 def check_dataset(name: str, config_file: str, extra: tuple[str, ...] = ()) -> None:
@@ -36,17 +36,21 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   """The ``data`` section for dataset ``name`` (image or video)."""
   d = ml_collections.ConfigDict()
   d.name = name
-  d.root = ml_collections.FieldReference(SYNTHETIC_ROOTS.get(name, ""), field_type=str)
-  d.options = ml_collections.ConfigDict()  # parser options, e.g. split_index
-  if name in ("ilidsvid", "prid2011"):
-    d.options.split_index = 0
+  default_root = SYNTHETIC_WRITERS[name][1] if name in SYNTHETIC_WRITERS else ""
+  d.root = ml_collections.FieldReference(default_root, field_type=str)
+  # The parser's options with its defaults, e.g. split_index, include_val.
+  d.options = ml_collections.ConfigDict(default_options(name))
   d.source = "folder"  # or "tfds": a dataset prepared by reidjax.data.tfds_builders
   d.tfds_data_dir = ""  # "": TFDS's default (~/tensorflow_datasets)
   d.skip_corrupt = False  # True: skip (and count, and log) unreadable images
   d.video = name in VIDEO_DATASETS
   d.height, d.width = 256, 128
+  d.sampler = "pk"  # P x K identity batches; "random": P*K images, no identity structure
   d.num_identities = 16  # P (identities per batch)
   d.num_instances = 4  # K (images or tracklets per identity)
+  # "images": an epoch draws about every training item once (the BoT / torchreid
+  # identity sampler's length); "identities": every identity once (num_ids // P).
+  d.epoch = "images"
   d.flip = True
   d.pad = 10
   d.random_erasing = 0.5
@@ -86,4 +90,7 @@ def eval_config(name: str) -> ml_collections.ConfigDict:
   e.streaming = name == "msmt17"  # never build the Q x G matrix (MSMT17 scale)
   e.clip_pooling = "mean"  # video: clip features -> tracklet feature
   e.rerank_top_k = 0  # pair models: 0 = full pairwise ranking, K = two-stage
+  # Two-stage: the top K ordered by the pair distance ("replace") or by the sum
+  # of both stages' distances ("sum", as CACE-Net ranks).
+  e.rerank_combine = "replace"
   return e

@@ -24,8 +24,9 @@ import numpy as np
 import scipy.io
 
 from reidjax.data.index import ImageDataset, ImageSplit
-from reidjax.data.layouts import (DatasetNotFoundError, LayoutError, Stats,
-                                  _candidate_roots, check_statistics)
+from reidjax.data.layout_common import (DatasetNotFoundError, LayoutError,
+                                        Stats, candidate_roots,
+                                        check_statistics, contiguous_labels)
 
 _log = logging.getLogger(__name__)
 
@@ -82,9 +83,9 @@ def _raw_mat_candidates(base: str) -> list[str]:
 
 def _resolve_cuhk03_root(root: str, variant: str) -> str:
   """Returns the folder (root or root/cuhk03) holding the variant's config."""
-  candidates = _candidate_roots(root, label="CUHK03",
-                                archive_dirs=CUHK03_ARCHIVE_DIRS,
-                                help_text=CUHK03_HELP)
+  candidates = candidate_roots(root, label="CUHK03",
+                               archive_dirs=CUHK03_ARCHIVE_DIRS,
+                               help_text=CUHK03_HELP)
   for cand in candidates:
     if os.path.isfile(_config_path(cand, variant)):
       return cand
@@ -293,7 +294,7 @@ def parse_cuhk03(root: str, *, name: str = "cuhk03",
   def split(idx, relabel):
     pids = config["labels"][idx]
     if relabel:
-      _, pids = np.unique(pids, return_inverse=True)
+      pids = contiguous_labels(pids)
     return ImageSplit(
         paths=tuple(os.path.join(image_dir, f)
                     for f in config["filelist"][idx].tolist()),

@@ -11,9 +11,11 @@ come out as NumPy dicts, ready for ``jax.device_put`` /
 index is the flat frame index into ``split.frame_table()[0]``.
 
 Determinism: training batch k is a pure function of (seed, start_step + k):
-the P x K sampler picks the items, the clip frames of the clip at global
-position j are drawn with a generator seeded by (seed, step, j), and each
-image's augmentation is seeded by ``transforms.image_seed(seed, step, j)``.
+the sampler (``reidjax.data.sampler``: P x K identities or plain random
+batches; it also holds the process's slice) picks the items, the frames of
+the clip at global position j are drawn with a generator seeded by
+(seed, step, j), and each image's augmentation is seeded by
+``transforms.image_seed(seed, step, j)``.
 All frames of a clip share that seed, hence the same flip, crop offset and
 erasing box. A resumed run replays the stream exactly.
 
@@ -44,18 +46,17 @@ readable image at all is an error: remove it from the split.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-import functools
 import re
 from typing import Protocol
 
 from absl import logging
 import numpy as np
-import tensorflow as tf
 
 from reidjax.data import clips
+from reidjax.data import sampler as sampler_lib
 from reidjax.data import transforms
 from reidjax.data.index import ImageSplit, VideoSplit
-from reidjax.data.sampler import IdentitySampler
+from reidjax.data.tensorflow_cpu import tf
 
 # Errors a bad image file raises from read / decode.
 _FILE_ERRORS = (tf.errors.InvalidArgumentError, tf.errors.NotFoundError,
@@ -289,48 +290,62 @@ def _generated_steps(start_step: int, make: Callable[[int], tuple],
   return tf.data.Dataset.from_generator(generate, output_signature=signature)
 
 
+def _check_sampler(function: str, pids: np.ndarray,
+                   sampler: sampler_lib.Sampler, process_index: int | None,
+                   process_count: int | None) -> None:
+  """Checks that ``sampler`` was built for this split (and process)."""
+  if sampler.num_items != len(pids):
+    raise ValueError(
+        f"{function}: the sampler was built for {sampler.num_items} items but "
+        f"the split has {len(pids)}; build it from this split's pids.")
+  given = (process_index, process_count)
+  own = (sampler.process_index, sampler.process_count)
+  if any(g is not None and g != o for g, o in zip(given, own)):
+    raise ValueError(
+        f"{function}: process_index / process_count {given} differ from the "
+        f"sampler's {own}; the sampler holds the process slice.")
+
+
 def train_batches(split: ImageSplit,
                   *,
-                  num_identities: int,
-                  num_instances: int,
                   augment: transforms.AugmentConfig,
                   seed: int,
+                  sampler: sampler_lib.Sampler,
                   start_step: int = 0,
-                  process_index: int = 0,
-                  process_count: int = 1,
                   reader: Reader | None = None,
-                  skip_corrupt: bool = False) -> BatchIterator:
-  """Infinite iterator of augmented P x K training batches (this process's).
+                  skip_corrupt: bool = False,
+                  process_index: int | None = None,
+                  process_count: int | None = None) -> BatchIterator:
+  """Infinite iterator of augmented training batches (this process's).
 
-  Batch ``k`` is the sampler's batch at step ``start_step + k``, augmented
-  with seeds derived from (seed, step, position in the global batch), so the
-  stream is reproducible and a resumed run continues it exactly.
+  Batch ``k`` is the sampler's local batch at step ``start_step + k``,
+  augmented with seeds derived from (seed, step, position in the global
+  batch), so the stream is reproducible and a resumed run continues it
+  exactly.
 
   Args:
     split: the training split (pids relabelled 0..num_pids-1).
-    num_identities: P (``data.num_identities``).
-    num_instances: K (``data.num_instances``).
     augment: augmentation settings (output size included).
-    seed: non-negative int seeding both sampling and augmentation.
+    seed: non-negative int seeding augmentation.
+    sampler: picks the images and holds this process's slice; built from
+      ``split.pids`` (``sampler.make_sampler(config.data, split.pids, ...)``).
     start_step: the training step of the first batch.
-    process_index: this process, in [0, process_count).
-    process_count: number of processes; each gets P*K / process_count images.
     reader: where images come from (default: ``FileReader(split.paths)``).
     skip_corrupt: replace unreadable images by readable ones of the same
       identity instead of raising (see the module docstring).
+    process_index: optional; if given, must equal ``sampler.process_index``.
+    process_count: optional; if given, must equal ``sampler.process_count``.
 
   Returns:
     A BatchIterator (``stats`` counts skipped files) yielding
-    {"images": float32 (B, H, W, 3), "pids": int32 (B,),
-     "camids": int32 (B,)} with B = P * K / process_count.
+    {"images": float32 (b, H, W, 3), "pids": int32 (b,),
+     "camids": int32 (b,)} with b = ``sampler.local_batch_size``.
   """
-  new_sampler = functools.partial(
-      IdentitySampler, split.pids, num_identities, num_instances, seed,
-      process_index=process_index, process_count=process_count)
-  sampler = new_sampler()
+  _check_sampler("train_batches", split.pids, sampler, process_index,
+                 process_count)
   reader = FileReader(split.paths) if reader is None else reader
   b = sampler.local_batch_size
-  first_position = process_index * b
+  first_position = sampler.process_index * b
   pids = tf.constant(split.pids, tf.int32)
   camids = tf.constant(split.camids, tf.int32)
 
@@ -354,11 +369,10 @@ def train_batches(split: ImageSplit,
   def build(k, table):
     # The generator yields one small index array per step; file reading and
     # augmentation run in parallel in the graph. It runs in a tf.data thread
-    # and gets its own sampler (whose epoch cache is not thread-safe).
-    own_sampler = new_sampler()
+    # (the samplers' epoch caches are thread-safe).
     dataset = _generated_steps(
         start_step + k,
-        lambda step: (step, _apply(table, own_sampler.local_batch(step))),
+        lambda step: (step, _apply(table, sampler.local_batch(step))),
         (tf.TensorSpec([], tf.int64), tf.TensorSpec([b], tf.int64)))
     dataset = dataset.flat_map(explode)
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
@@ -475,51 +489,49 @@ def eval_batches(split: ImageSplit,
 
 def train_clip_batches(split: VideoSplit,
                        *,
-                       num_identities: int,
-                       num_instances: int,
                        clip_length: int,
                        strategy: str,
                        stride: int = 8,
                        augment: transforms.AugmentConfig,
                        seed: int,
+                       sampler: sampler_lib.Sampler,
                        start_step: int = 0,
-                       process_index: int = 0,
-                       process_count: int = 1,
                        reader: Reader | None = None,
-                       skip_corrupt: bool = False) -> BatchIterator:
-  """Infinite iterator of augmented P x K batches of tracklet clips.
+                       skip_corrupt: bool = False,
+                       process_index: int | None = None,
+                       process_count: int | None = None) -> BatchIterator:
+  """Infinite iterator of augmented batches of tracklet clips.
 
-  The sampler draws P identities x K tracklets; the clip of the tracklet at
-  global position j of step s is ``clips.sample_clip(..., rng)`` with rng
-  seeded by (seed, s, j), and all its frames are augmented alike with
+  The sampler draws the tracklets (one item = one tracklet; e.g. P
+  identities x K tracklets); the clip of the tracklet at global position j of
+  step s is ``clips.sample_clip(..., rng)`` with rng seeded by (seed, s, j),
+  and all its frames are augmented alike with
   ``transforms.image_seed(seed, s, j)``.
 
   Args:
     split: the training split (pids relabelled 0..num_pids-1).
-    num_identities: P.
-    num_instances: K tracklets per identity.
     clip_length: n, frames per clip.
     strategy: a ``clips.TRAIN_STRATEGIES`` name.
     stride: frame step of the "stride" strategy.
     augment: augmentation settings (output size included).
-    seed: non-negative int seeding sampling, frame choice and augmentation.
+    seed: non-negative int seeding frame choice and augmentation.
+    sampler: picks the tracklets and holds this process's slice; built from
+      ``split.pids`` (the tracklets' pids).
     start_step: the training step of the first batch.
-    process_index: this process, in [0, process_count).
-    process_count: number of processes; each gets P*K / process_count clips.
     reader: where frames come from, indexed by flat frame index (default:
       ``FileReader(split.frame_table()[0])``).
     skip_corrupt: replace unreadable frames by readable ones of the same
       tracklet (else identity) instead of raising.
+    process_index: optional; if given, must equal ``sampler.process_index``.
+    process_count: optional; if given, must equal ``sampler.process_count``.
 
   Returns:
     A BatchIterator yielding {"images": float32 (b, n, H, W, 3),
-    "pids": int32 (b,), "camids": int32 (b,)} with b = P * K /
-    process_count.
+    "pids": int32 (b,), "camids": int32 (b,)} with b =
+    ``sampler.local_batch_size``.
   """
-  new_sampler = functools.partial(
-      IdentitySampler, split.pids, num_identities, num_instances, seed,
-      process_index=process_index, process_count=process_count)
-  sampler = new_sampler()
+  _check_sampler("train_clip_batches", split.pids, sampler, process_index,
+                 process_count)
   # Fail now, not in the generator thread, on a bad strategy or length.
   clips.sample_clip(1, clip_length, strategy, np.random.default_rng(0),
                     stride=stride)
@@ -527,16 +539,16 @@ def train_clip_batches(split: VideoSplit,
   reader = FileReader(paths) if reader is None else reader
   num_frames = split.num_frames
   b, n = sampler.local_batch_size, clip_length
-  first_position = process_index * b
+  first_position = sampler.process_index * b
   pids = tf.constant(split.pids, tf.int32)
   camids = tf.constant(split.camids, tf.int32)
 
-  def clip_frames(sampler, step):
+  def clip_frames(step):
     """(b,) tracklets and (b, n) flat frame indices of this step's clips."""
     tracklets = sampler.local_batch(step)
     frames = np.empty((b, n), np.int64)
     for j, t in enumerate(tracklets):
-      # Tag 2: a stream apart from the sampler's (tags 0 and 1).
+      # Tag 2: a stream apart from the samplers' (tags 0, 1, 3 and 4).
       rng = np.random.default_rng([seed, 2, step, first_position + j])
       frames[j] = offsets[t] + clips.sample_clip(
           int(num_frames[t]), n, strategy, rng, stride=stride)
@@ -566,10 +578,9 @@ def train_clip_batches(split: VideoSplit,
             "pids": batch["pids"][::n], "camids": batch["camids"][::n]}
 
   def build(k, table):
-    own_sampler = new_sampler()  # See train_batches.
 
     def make(step):
-      tracklets, frames = clip_frames(own_sampler, step)
+      tracklets, frames = clip_frames(step)
       return step, tracklets, _apply(table, frames)
 
     dataset = _generated_steps(
@@ -585,7 +596,7 @@ def train_clip_batches(split: VideoSplit,
   replacements = (_Replacements(reader, _frame_candidates(split, offsets))
                   if skip_corrupt else None)
   return BatchIterator(
-      build, lambda k: clip_frames(sampler, start_step + k)[1].reshape(-1),
+      build, lambda k: clip_frames(start_step + k)[1].reshape(-1),
       reader, replacements)
 
 

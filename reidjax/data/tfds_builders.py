@@ -1,11 +1,12 @@
 """TFDS builders for the ReID datasets, filled by reidjax's own layout parsers.
 
 One `tfds.core.GeneratorBasedBuilder` per dataset: market1501, dukemtmc,
-occluded_duke, msmt17, cuhk03 (configs ``labeled`` / ``detected``), mars,
-dukemtmc_video, ilidsvid and prid2011 (configs ``split_0`` .. ``split_9``).
+occluded_duke, msmt17 (configs ``list_train`` / ``list_train_val``), cuhk03
+(configs ``labeled`` / ``detected``), mars, dukemtmc_video, ilidsvid and
+prid2011 (configs ``split_0`` .. ``split_9``).
 Every builder reads the unpacked official archive from
 ``dl_manager.manual_dir`` and parses it with the same parser as the
-direct-from-folder path (`reidjax.data.layouts` and friends), so both paths
+direct-from-folder path (`reidjax.data.layouts.parse_dataset`), so both paths
 see the same splits, junk/distractor handling and train relabelling.
 
 Readings taken here:
@@ -60,7 +61,14 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from reidjax.data import layouts
+# Imported for its effect: TensorFlow (under TFDS) never sees a GPU.
+from reidjax.data import tensorflow_cpu  # pylint: disable=unused-import
 from reidjax.data.index import Dataset, is_video
+from reidjax.data.layout_common import DatasetNotFoundError, LayoutError
+from reidjax.data.market_layouts import (DUKEMTMC_ARCHIVE_DIR,
+                                         MARKET1501_ARCHIVE_DIR,
+                                         OCCLUDED_DUKE_ARCHIVE_DIR)
+from reidjax.data.msmt17 import MSMT17_STATS, MSMT17_WITH_VAL_STATS
 
 SPLITS = ("train", "query", "gallery")
 VERSION = tfds.core.Version("1.0.0")
@@ -201,11 +209,18 @@ class ReidBuilder(tfds.core.GeneratorBasedBuilder, skip_registration=True):
     """Name of the one config whose options include ``options``.
 
     ``{}`` picks the default (first) config; None for builders without
-    configs.
+    configs. An option no config pins that has the parser's default value
+    (e.g. PRID-2011's ``min_frames=21``, as a config's ``data.options`` built
+    from `layouts.default_options` holds it) is ignored: every config was
+    prepared with it.
 
     Raises:
       ValueError: no config, or more than one, matches.
     """
+    pinned = {k for c in cls.BUILDER_CONFIGS for k, _ in c.options}
+    defaults = layouts.default_options(cls.LAYOUT) if cls.LAYOUT else {}
+    options = {k: v for k, v in options.items()
+               if k in pinned or k not in defaults or v != defaults[k]}
     if not cls.BUILDER_CONFIGS:
       if options:
         raise ValueError(f"Dataset {cls.name!r} takes no options, got "
@@ -316,9 +331,9 @@ class Market1501(ReidBuilder):
           Wang, Jingdong and Tian, Qi},
   booktitle={ICCV}, year={2015}}"""
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
-Download the official archive {layouts.MARKET1501_ARCHIVE_DIR}.zip (linked
+Download the official archive {MARKET1501_ARCHIVE_DIR}.zip (linked
 from the Market-1501 page of Zheng et al., ICCV 2015) and unzip it. Pass the
-unzipped {layouts.MARKET1501_ARCHIVE_DIR}/ folder (or its parent) as the manual
+unzipped {MARKET1501_ARCHIVE_DIR}/ folder (or its parent) as the manual
 dir: it holds bounding_box_train/, query/ and bounding_box_test/, with file
 names like 0002_c1s1_000451_03.jpg."""
 
@@ -338,7 +353,7 @@ class Dukemtmc(ReidBuilder):
 Unzip DukeMTMC-reID.zip, the archive released with Zheng et al., ICCV 2017
 (github.com/layumi/DukeMTMC-reID_evaluation). The source DukeMTMC data has
 been withdrawn by its authors: use a copy obtained under its original terms.
-Pass the unzipped {layouts.DUKEMTMC_ARCHIVE_DIR}/ folder (or its parent) as the
+Pass the unzipped {DUKEMTMC_ARCHIVE_DIR}/ folder (or its parent) as the
 manual dir: it holds bounding_box_train/, query/ and bounding_box_test/, with
 file names like 0005_c2_f0046985.jpg."""
 
@@ -358,7 +373,7 @@ class OccludedDuke(ReidBuilder):
   MANUAL_DOWNLOAD_INSTRUCTIONS = f"""\
 Build Occluded-DukeMTMC from a DukeMTMC-reID copy with the scripts of Miao et
 al., ICCV 2019 (github.com/lightas/Occluded-DukeMTMC-Dataset); they write an
-{layouts.OCCLUDED_DUKE_ARCHIVE_DIR}/ folder. Pass that folder (or its parent) as
+{OCCLUDED_DUKE_ARCHIVE_DIR}/ folder. Pass that folder (or its parent) as
 the manual dir: it holds bounding_box_train/, query/ and bounding_box_test/,
 with file names like 0005_c2_f0046985.jpg."""
 
@@ -366,11 +381,33 @@ with file names like 0005_c2_f0046985.jpg."""
 class Msmt17(ReidBuilder):
   """MSMT17 (Wei et al., CVPR 2018), release V1 or V2: 4,101 ids, 15 cameras.
 
-  Train = list_train + list_val (the torchreid convention).
+  Configs: ``list_train`` (default) trains on list_train.txt only (1,041 ids,
+  30,248 images), as torchreid and fast-reid do by default and as published
+  results are reported; ``list_train_val`` on list_train.txt + list_val.txt
+  (1,041 ids, 32,621 images). Query and gallery are the same in both. Each
+  config is a full copy of the images.
   """
 
   name = "msmt17"
   LAYOUT = "msmt17"
+  VERSION = tfds.core.Version("2.0.0")
+  RELEASE_NOTES = {
+      "1.0.0": "No configs; train = list_train + list_val.",
+      "2.0.0": "Configs list_train (default; train = list_train only) and "
+               "list_train_val (train = list_train + list_val).",
+  }
+  BUILDER_CONFIGS = [
+      ReidConfig(name="list_train",
+                 description=(
+                     "Train = list_train.txt: "
+                     f"{MSMT17_STATS['train'][1]:,} images."),
+                 options=(("include_val", False),)),
+      ReidConfig(name="list_train_val",
+                 description=(
+                     "Train = list_train.txt + list_val.txt: "
+                     f"{MSMT17_WITH_VAL_STATS['train'][1]:,} images."),
+                 options=(("include_val", True),)),
+  ]
   HOMEPAGE = "https://www.pkuvmc.com/dataset.html"
   CITATION = """@inproceedings{wei2018person,
   title={Person Transfer GAN to Bridge Domain Gap for Person
@@ -554,7 +591,7 @@ def resolve(name: str, **options) -> tuple[type[ReidBuilder], str | None]:
   Args:
     name: a key of `BUILDERS` or `ALIASES` (the folder-path name).
     **options: parser options, e.g. ``variant="detected"``,
-      ``split_index=3``; {} picks the default config.
+      ``split_index=3``, ``include_val=True``; {} picks the default config.
 
   Raises:
     ValueError: unknown name, or options that match no (or several) configs.
@@ -613,7 +650,7 @@ def prepare(name: str, manual_dir: str, data_dir: str, *,
         f"{', '.join(known) if known else 'none'}.")
   manual_dir = os.path.expanduser(os.fspath(manual_dir))
   if not os.path.isdir(manual_dir):
-    raise layouts.DatasetNotFoundError(
+    raise DatasetNotFoundError(
         f"Manual dir {manual_dir!r} of {name} does not exist or is not a "
         f"folder.\n{cls.MANUAL_DOWNLOAD_INSTRUCTIONS}")
   builder = cls(data_dir=os.path.expanduser(os.fspath(data_dir)),
@@ -638,8 +675,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                       help="TFDS data dir (default: %(default)s)")
   parser.add_argument(
       "--config", default=None,
-      help="cuhk03: labeled | detected; ilidsvid, prid2011: split_0 .. "
-      "split_9 (default: the first)")
+      help="msmt17: list_train | list_train_val; cuhk03: labeled | detected; "
+      "ilidsvid, prid2011: split_0 .. split_9 (default: the first)")
   parser.add_argument("--overwrite", action="store_true",
                       help="regenerate an already prepared dataset")
   args = parser.parse_args(argv)
@@ -650,7 +687,7 @@ def main(argv: Sequence[str] | None = None) -> None:
   try:
     builder = prepare(args.dataset, args.manual_dir, args.data_dir,
                       config=args.config, overwrite=args.overwrite)
-  except layouts.LayoutError as e:  # Missing or malformed folder: say so.
+  except LayoutError as e:  # Missing or malformed folder: say so.
     sys.exit(f"error: {e}")
   counts = ", ".join(f"{s} {builder.info.splits[s].num_examples}"
                      for s in SPLITS)

@@ -20,10 +20,10 @@ import os
 from typing import Sequence
 
 import numpy as np
-import tensorflow as tf
 import tensorflow_datasets as tfds
 
 from reidjax.data import tfds_builders
+from reidjax.data.tensorflow_cpu import tf
 from reidjax.data.index import (Dataset, ImageDataset, ImageSplit,
                                 VideoDataset, VideoSplit)
 
@@ -106,7 +106,8 @@ def load_prepared(name: str, data_dir: str, **builder_options,
     data_dir: the TFDS data dir it was prepared into.
     **builder_options: the parser options that pick the config, as the
       folder path takes them: ``variant="detected"`` (cuhk03),
-      ``split_index=3`` (ilidsvid, prid2011); none = the default config.
+      ``split_index=3`` (ilidsvid, prid2011), ``include_val=True``
+      (msmt17); none = the default config.
 
   Returns:
     (index, readers): an `ImageDataset` / `VideoDataset` whose paths are the

@@ -26,8 +26,8 @@ import dataclasses
 import math
 
 import numpy as np
-import tensorflow as tf
 
+from reidjax.data.tensorflow_cpu import tf
 # torchvision's ImageNet statistics (RGB, images in [0, 1]), shared with
 # reidjax.inference so that serving normalises like training.
 from reidjax.imagenet import IMAGENET_MEAN, IMAGENET_STD

@@ -6,8 +6,9 @@ multi-shot sequences as used by Wang et al.). A tracklet is the ordered frame
 paths of one person in one camera; every split is a list of tracklets with
 pids and 0-based camids, train pids relabelled 0..P-1 in sorted order of the
 dataset's ids, query and gallery keeping the dataset's ids. Plain
-Python/NumPy (+ scipy.io for the .mat files), like `reidjax.data.layouts`,
-whose helpers and statistics check these parsers share.
+Python/NumPy (+ scipy.io for the .mat files), no TensorFlow; the helpers and
+statistics check are `reidjax.data.layout_common`'s, shared with the image
+parsers.
 """
 
 from __future__ import annotations
@@ -21,9 +22,10 @@ import numpy as np
 import scipy.io
 
 from reidjax.data.index import VideoDataset, VideoSplit
-from reidjax.data.layouts import (DISTRACTOR_PID, JUNK_PID,
-                                  DatasetNotFoundError, LayoutError, Stats,
-                                  _resolve_root, check_statistics)
+from reidjax.data.layout_common import (DISTRACTOR_PID, JUNK_PID,
+                                        DatasetNotFoundError, LayoutError,
+                                        Stats, check_statistics,
+                                        contiguous_labels, resolve_root)
 
 _log = logging.getLogger(__name__)
 
@@ -43,9 +45,8 @@ PRID2011_STATS: Stats = {
 
 
 def _relabelled(split: VideoSplit) -> VideoSplit:
-  # np.unique is sorted, so labels depend only on the dataset's ids.
-  _, labels = np.unique(split.pids, return_inverse=True)
-  return VideoSplit(split.tracklets, labels.astype(np.int32), split.camids)
+  return VideoSplit(split.tracklets, contiguous_labels(split.pids),
+                    split.camids)
 
 
 def _video_split(tracklets, pids, camids) -> VideoSplit:
@@ -216,9 +217,9 @@ def parse_mars(root: str, *, name: str = "mars") -> VideoDataset:
     LayoutError: a name, a .mat variable or a row does not fit the layout.
     StatisticsError: a complete-looking copy has the wrong counts.
   """
-  base = _resolve_root(os.fspath(root), label="MARS",
-                       archive_dirs=MARS_ARCHIVE_DIRS, splits=MARS_SPLITS,
-                       help_text=MARS_HELP)
+  base = resolve_root(os.fspath(root), label="MARS",
+                      archive_dirs=MARS_ARCHIVE_DIRS, splits=MARS_SPLITS,
+                      help_text=MARS_HELP)
   info = {f: os.path.join(base, "info", f) for f in MARS_INFO_FILES}
   missing = [f for f, p in info.items() if not os.path.isfile(p)]
   if missing:
@@ -393,10 +394,10 @@ def parse_dukemtmc_video(root: str, *,
     LayoutError: a folder or frame name does not fit the layout.
     StatisticsError: a complete-looking copy has the wrong counts.
   """
-  base = _resolve_root(os.fspath(root), label="DukeMTMC-VideoReID",
-                       archive_dirs=DUKEMTMC_VIDEO_ARCHIVE_DIRS,
-                       splits=DUKEMTMC_VIDEO_SPLITS,
-                       help_text=DUKEMTMC_VIDEO_HELP)
+  base = resolve_root(os.fspath(root), label="DukeMTMC-VideoReID",
+                      archive_dirs=DUKEMTMC_VIDEO_ARCHIVE_DIRS,
+                      splits=DUKEMTMC_VIDEO_SPLITS,
+                      help_text=DUKEMTMC_VIDEO_HELP)
   train, query, gallery = (_read_duke_video_split(os.path.join(base, s))
                            for s in DUKEMTMC_VIDEO_SPLITS)
   ds = VideoDataset(name=name, root=base, train=_relabelled(train),
@@ -533,9 +534,9 @@ def parse_ilidsvid(root: str, *, name: str = "ilidsvid",
       does not fit the layout.
     StatisticsError: a complete-looking copy has the wrong counts.
   """
-  base = _resolve_root(os.fspath(root), label="iLIDS-VID",
-                       archive_dirs=ILIDSVID_ARCHIVE_DIRS,
-                       splits=ILIDSVID_CAMS, help_text=ILIDSVID_HELP)
+  base = resolve_root(os.fspath(root), label="iLIDS-VID",
+                      archive_dirs=ILIDSVID_ARCHIVE_DIRS,
+                      splits=ILIDSVID_CAMS, help_text=ILIDSVID_HELP)
   split_path = os.path.join(base, ILIDSVID_SPLIT_MAT)
   if not os.path.isfile(split_path):
     raise DatasetNotFoundError(
@@ -706,9 +707,9 @@ def parse_prid2011(root: str, *, name: str = "prid2011", split_index: int = 0,
       does not fit the layout.
     StatisticsError: a complete-looking copy has the wrong counts.
   """
-  base = _resolve_root(os.fspath(root), label="PRID-2011",
-                       archive_dirs=PRID2011_ARCHIVE_DIRS,
-                       splits=PRID2011_CAMS, help_text=PRID2011_HELP)
+  base = resolve_root(os.fspath(root), label="PRID-2011",
+                      archive_dirs=PRID2011_ARCHIVE_DIRS,
+                      splits=PRID2011_CAMS, help_text=PRID2011_HELP)
   cam_a, cam_b = (
       _person_folders(os.path.join(base, c), _PRID_PERSON,
                       example="person_0001", help_text=PRID2011_HELP)

@@ -10,6 +10,7 @@ import scipy.io
 from PIL import Image
 
 from reidjax.data import cuhk03
+from reidjax.data import layout_common
 from reidjax.data import layouts
 
 # Miniature cuhk-03.mat: camera pair -> person -> 1-based slots holding an
@@ -162,7 +163,8 @@ def test_detected_variant_via_registry(tmp_path):
   assert ds.train.paths[0].startswith(str(root / "images_detected"))
   # Detected lacks image 1_003_2_08.png: one gallery image fewer.
   assert (len(ds.train), len(ds.query), len(ds.gallery)) == (5, 6, 2)
-  assert "cuhk03_detected" not in layouts.VIDEO_LAYOUTS
+  assert "cuhk03_detected" in layouts.IMAGE_DATASETS
+  assert not layouts.is_video_dataset("cuhk03_detected")
   # The variant is implied by the name, not an option.
   with pytest.raises(ValueError, match="does not take option.*'variant'"):
     layouts.parse_dataset("cuhk03_labeled", str(root), variant="detected")
@@ -182,14 +184,15 @@ def test_preextracted_images_without_raw_mat(tmp_path):
 
 
 def test_missing_files(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError, match="does not exist"):
+  with pytest.raises(layout_common.DatasetNotFoundError,
+                     match="does not exist"):
     cuhk03.parse_cuhk03(str(tmp_path / "nope"))
   root = _make_cuhk03(tmp_path, raw=False, variants=("labeled",))
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     cuhk03.parse_cuhk03(str(root), variant="detected")
   assert "'cuhk03_new_protocol_config_detected.mat'" in str(e.value)
   assert "person-re-ranking" in str(e.value)  # the help text
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     cuhk03.parse_cuhk03(str(root))
   msg = str(e.value)
   assert "14 of the 14 labeled images" in msg
@@ -204,7 +207,7 @@ def test_raw_mat_lacking_a_listed_image(tmp_path):
   rows = _rows("labeled") + [(_name(2, 2, 9), 5, 2)]  # slot 9 is empty
   _write_config(root / "cuhk03_new_protocol_config_labeled.mat", "labeled",
                 rows=rows)
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="no labeled image for 1 file.*'2_002_2_09.png'"):
     cuhk03.parse_cuhk03(str(root))
 
@@ -222,7 +225,7 @@ def test_bad_config(tmp_path, change, needle):
   root = _make_cuhk03(tmp_path, variants=())
   _write_config(root / "cuhk03_new_protocol_config_labeled.mat", "labeled",
                 **change)
-  with pytest.raises(layouts.LayoutError) as e:
+  with pytest.raises(layout_common.LayoutError) as e:
     cuhk03.parse_cuhk03(str(root))
   assert needle in str(e.value)
   assert "cuhk03_new_protocol_config_labeled.mat" in str(e.value)
@@ -235,6 +238,6 @@ def test_statistics_checked_when_complete(tmp_path, monkeypatch):
   assert len(cuhk03.parse_cuhk03(str(root)).gallery) == 3
   monkeypatch.setitem(cuhk03.CUHK03_STATS, "labeled",
                       {"train": (2, 5), "query": (3, 6), "gallery": (2, 2)})
-  with pytest.raises(layouts.StatisticsError,
+  with pytest.raises(layout_common.StatisticsError,
                      match="gallery: got 2 ids / 3 images, expected 2 / 2"):
     cuhk03.parse_cuhk03(str(root))

@@ -6,7 +6,9 @@ import shutil
 import numpy as np
 import pytest
 
+from reidjax.data import layout_common
 from reidjax.data import layouts
+from reidjax.data import market_layouts
 
 # (split, file name) pairs of a miniature Market-1501 tree.
 _TRAIN = [
@@ -48,7 +50,7 @@ def _make_market(base, train=_TRAIN, query=_QUERY, gallery=_GALLERY):
 def test_counts_relabel_camids(tmp_path):
   root = _make_market(tmp_path)
   (root / "bounding_box_train" / "Thumbs.db").write_bytes(b"x")  # ignored
-  ds = layouts.parse_market1501(str(root))
+  ds = market_layouts.parse_market1501(str(root))
   assert ds.name == "market1501"
   assert ds.root == str(root)
 
@@ -79,16 +81,16 @@ def test_counts_relabel_camids(tmp_path):
 
 
 def test_relabelling_is_independent_of_listing_order(tmp_path):
-  a = layouts.parse_market1501(str(_make_market(tmp_path / "a")))
-  b = layouts.parse_market1501(
+  a = market_layouts.parse_market1501(str(_make_market(tmp_path / "a")))
+  b = market_layouts.parse_market1501(
       str(_make_market(tmp_path / "b", train=list(reversed(_TRAIN)))))
   np.testing.assert_array_equal(a.train.pids, b.train.pids)
   np.testing.assert_array_equal(a.train.camids, b.train.camids)
 
 
 def test_archive_subfolder(tmp_path):
-  inner = _make_market(tmp_path / layouts.MARKET1501_ARCHIVE_DIR)
-  ds = layouts.parse_market1501(str(tmp_path), name="m")
+  inner = _make_market(tmp_path / market_layouts.MARKET1501_ARCHIVE_DIR)
+  ds = market_layouts.parse_market1501(str(tmp_path), name="m")
   assert ds.name == "m"
   assert ds.root == str(inner)
   assert (len(ds.train), len(ds.query), len(ds.gallery)) == (6, 3, 5)
@@ -106,32 +108,32 @@ def test_registry(tmp_path):
 def _assert_help(msg):
   for needle in ("bounding_box_train/", "query/", "bounding_box_test/",
                  "PPPP_cCsS_FFFFFF_NN.jpg", "--config.data.root",
-                 layouts.MARKET1501_ARCHIVE_DIR, "synthetic"):
+                 market_layouts.MARKET1501_ARCHIVE_DIR, "synthetic"):
     assert needle in msg, needle
 
 
 def test_missing_root(tmp_path):
   with pytest.raises(FileNotFoundError) as e:
-    layouts.parse_market1501(str(tmp_path / "nope"))
+    market_layouts.parse_market1501(str(tmp_path / "nope"))
   assert "does not exist" in str(e.value)
   _assert_help(str(e.value))
 
 
 def test_empty_root_names_all_splits(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
-    layouts.parse_market1501(str(tmp_path))
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
+    market_layouts.parse_market1501(str(tmp_path))
   msg = str(e.value)
   assert ("missing split folder(s) 'bounding_box_train/', 'query/', "
           "'bounding_box_test/'") in msg
   _assert_help(msg)
 
 
-@pytest.mark.parametrize("sub", ["", layouts.MARKET1501_ARCHIVE_DIR])
+@pytest.mark.parametrize("sub", ["", market_layouts.MARKET1501_ARCHIVE_DIR])
 def test_missing_split_named(tmp_path, sub):
   base = _make_market(tmp_path / sub if sub else tmp_path)
   shutil.rmtree(base / "query")
   with pytest.raises(FileNotFoundError) as e:
-    layouts.parse_market1501(str(tmp_path))
+    market_layouts.parse_market1501(str(tmp_path))
   msg = str(e.value)
   assert "missing split folder(s) 'query/'" in msg
   assert f"looked in {str(base)!r}" in msg
@@ -141,8 +143,8 @@ def test_missing_split_named(tmp_path, sub):
 def test_empty_split(tmp_path):
   root = _make_market(tmp_path, gallery=[])
   (root / "bounding_box_test" / "readme.txt").write_text("no images")
-  with pytest.raises(layouts.LayoutError) as e:
-    layouts.parse_market1501(str(root))
+  with pytest.raises(layout_common.LayoutError) as e:
+    market_layouts.parse_market1501(str(root))
   assert repr(str(root / "bounding_box_test")) in str(e.value)
   assert "no .jpg images" in str(e.value)
 
@@ -157,7 +159,7 @@ def test_empty_split(tmp_path):
 def test_bad_file_name_is_an_error(tmp_path, bad):
   root = _make_market(tmp_path, train=_TRAIN + [bad])
   with pytest.raises(ValueError) as e:
-    layouts.parse_market1501(str(root))
+    market_layouts.parse_market1501(str(root))
   assert repr(bad) in str(e.value)
   assert "PPPP_cCsS_FFFFFF_NN.jpg" in str(e.value)
 
@@ -166,4 +168,4 @@ def test_train_without_identities(tmp_path):
   root = _make_market(tmp_path, train=["-1_c1s1_000001_00.jpg",
                                        "0000_c1s1_000002_00.jpg"])
   with pytest.raises(ValueError, match="bounding_box_train"):
-    layouts.parse_market1501(str(root))
+    market_layouts.parse_market1501(str(root))

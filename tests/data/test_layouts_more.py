@@ -3,11 +3,17 @@
 import os
 import shutil
 
+import ml_collections
 import numpy as np
 import pytest
 
+from reidjax.data import custom_layout
+from reidjax.data import datasets
 from reidjax.data import index
+from reidjax.data import layout_common
 from reidjax.data import layouts
+from reidjax.data import market_layouts
+from reidjax.data import msmt17
 
 _DUKE_TRAIN = [
     "0005_c2_f0046985.jpg",
@@ -51,7 +57,7 @@ def _names(split):
 def test_duke_counts_relabel_camids(tmp_path):
   root = _make_duke(tmp_path)
   (root / "query" / "Thumbs.db").write_bytes(b"x")  # ignored
-  ds = layouts.parse_dukemtmc(str(root))
+  ds = market_layouts.parse_dukemtmc(str(root))
   assert ds.name == "dukemtmc" and ds.root == str(root)
 
   assert _names(ds.train) == sorted(_DUKE_TRAIN)
@@ -72,9 +78,10 @@ def test_duke_counts_relabel_camids(tmp_path):
 
 
 @pytest.mark.parametrize("parser,sub,name", [
-    (layouts.parse_dukemtmc, layouts.DUKEMTMC_ARCHIVE_DIR, "dukemtmc"),
-    (layouts.parse_occluded_duke, layouts.OCCLUDED_DUKE_ARCHIVE_DIR,
-     "occluded_duke"),
+    (market_layouts.parse_dukemtmc, market_layouts.DUKEMTMC_ARCHIVE_DIR,
+     "dukemtmc"),
+    (market_layouts.parse_occluded_duke,
+     market_layouts.OCCLUDED_DUKE_ARCHIVE_DIR, "occluded_duke"),
 ])
 def test_duke_archive_subfolder_and_registry(tmp_path, parser, sub, name):
   inner = _make_duke(tmp_path / sub)
@@ -89,12 +96,13 @@ def test_duke_archive_subfolder_and_registry(tmp_path, parser, sub, name):
 
 
 def test_duke_missing_root_and_split(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError, match="does not exist"):
-    layouts.parse_dukemtmc(str(tmp_path / "nope"))
-  base = _make_duke(tmp_path / layouts.DUKEMTMC_ARCHIVE_DIR)
+  with pytest.raises(layout_common.DatasetNotFoundError,
+                     match="does not exist"):
+    market_layouts.parse_dukemtmc(str(tmp_path / "nope"))
+  base = _make_duke(tmp_path / market_layouts.DUKEMTMC_ARCHIVE_DIR)
   shutil.rmtree(base / "bounding_box_test")
   with pytest.raises(FileNotFoundError) as e:
-    layouts.parse_dukemtmc(str(tmp_path))
+    market_layouts.parse_dukemtmc(str(tmp_path))
   msg = str(e.value)
   assert "missing split folder(s) 'bounding_box_test/'" in msg
   assert f"looked in {str(base)!r}" in msg
@@ -111,8 +119,8 @@ def test_duke_missing_root_and_split(tmp_path):
 ])
 def test_duke_bad_file_name(tmp_path, bad):
   root = _make_duke(tmp_path, query=_DUKE_QUERY + [bad])
-  with pytest.raises(layouts.LayoutError) as e:
-    layouts.parse_dukemtmc(str(root))
+  with pytest.raises(layout_common.LayoutError) as e:
+    market_layouts.parse_dukemtmc(str(root))
   assert repr(bad) in str(e.value)
   assert "PPPP_cC_fFFFFFFF.jpg" in str(e.value)
 
@@ -134,14 +142,14 @@ _EXPECTED = {"train": (3, 10), "query": (2, 4), "gallery": (4, 12)}
 
 
 def test_check_statistics():
-  assert layouts.check_statistics(_dataset(_EXPECTED), _EXPECTED) is True
+  assert layout_common.check_statistics(_dataset(_EXPECTED), _EXPECTED) is True
   # One split short on images: partial copy, not an error.
   partial = dict(_EXPECTED, gallery=(4, 11))
-  assert layouts.check_statistics(_dataset(partial), _EXPECTED) is False
+  assert layout_common.check_statistics(_dataset(partial), _EXPECTED) is False
   # Everything at least as big, but one split has extra images/ids.
   extra = dict(_EXPECTED, query=(3, 5))
-  with pytest.raises(layouts.StatisticsError) as e:
-    layouts.check_statistics(_dataset(extra), _EXPECTED)
+  with pytest.raises(layout_common.StatisticsError) as e:
+    layout_common.check_statistics(_dataset(extra), _EXPECTED)
   assert "query: got 3 ids / 5 images, expected 2 / 4" in str(e.value)
   assert "train" not in str(e.value).split("(", 1)[1]
 
@@ -158,31 +166,35 @@ def test_market_statistics_checked_when_complete(tmp_path, monkeypatch):
     for n in names:
       _touch(root / split / n)
   # Gallery ids counted include distractor 0; junk is not counted.
-  monkeypatch.setattr(layouts, "MARKET1501_STATS",
+  monkeypatch.setattr(market_layouts, "MARKET1501_STATS",
                       {"train": (2, 2), "query": (1, 1), "gallery": (2, 2)})
-  assert len(layouts.parse_market1501(str(root)).gallery) == 2
-  monkeypatch.setattr(layouts, "MARKET1501_STATS",
+  assert len(market_layouts.parse_market1501(str(root)).gallery) == 2
+  monkeypatch.setattr(market_layouts, "MARKET1501_STATS",
                       {"train": (2, 2), "query": (1, 1), "gallery": (1, 1)})
-  with pytest.raises(layouts.StatisticsError, match="gallery: got 2 ids"):
-    layouts.parse_market1501(str(root))
+  with pytest.raises(layout_common.StatisticsError, match="gallery: got 2 ids"):
+    market_layouts.parse_market1501(str(root))
 
 
 def test_duke_statistics_checked_when_complete(tmp_path, monkeypatch):
   root = _make_duke(tmp_path)
-  monkeypatch.setattr(layouts, "DUKEMTMC_STATS",
+  monkeypatch.setattr(market_layouts, "DUKEMTMC_STATS",
                       {"train": (3, 6), "query": (2, 2), "gallery": (4, 3)})
-  with pytest.raises(layouts.StatisticsError, match="gallery: got 4 ids / 4"):
-    layouts.parse_dukemtmc(str(root))
+  with pytest.raises(layout_common.StatisticsError,
+                     match="gallery: got 4 ids / 4"):
+    market_layouts.parse_dukemtmc(str(root))
 
 
 # ------------------------------------------------------------------ MSMT17 --
 
 # (relative path, pid) per list; the camera is the third field of the name.
+# list_val holds another image of train id 3 and one of id 1, which list_train
+# lacks, so relabelling with and without it differs.
 _MSMT_LISTS = {
     "list_train.txt": [("0000/0000_000_01_0303morning_0015_0.jpg", 0),
                        ("0000/0000_001_05_0303morning_0016_1.jpg", 0),
                        ("0003/0003_000_15_0303noon_0020_0.jpg", 3)],
-    "list_val.txt": [("0001/0001_000_02_0303afternoon_0030_0.jpg", 1)],
+    "list_val.txt": [("0001/0001_000_02_0303afternoon_0030_0.jpg", 1),
+                     ("0003/0003_002_08_0303noon_0021_0.jpg", 3)],
     "list_query.txt": [("0000/0000_000_03_0113morning_0001_0.jpg", 0),
                        ("0010/0010_000_07_0113noon_0002_0.jpg", 10)],
     "list_gallery.txt": [("0000/0000_001_04_0113morning_0003_0.jpg", 0),
@@ -192,7 +204,7 @@ _MSMT_LISTS = {
 
 
 def _make_msmt(base, version="V1", lists=_MSMT_LISTS):
-  train_dir, test_dir = layouts.MSMT17_VERSIONS[version]
+  train_dir, test_dir = msmt17.MSMT17_VERSIONS[version]
   for list_name, entries in lists.items():
     image_dir = train_dir if list_name in ("list_train.txt",
                                            "list_val.txt") else test_dir
@@ -204,44 +216,118 @@ def _make_msmt(base, version="V1", lists=_MSMT_LISTS):
   return base
 
 
-@pytest.mark.parametrize("version,sub", [("V1", ""), ("V1", "MSMT17_V1"),
-                                         ("V2", "MSMT17_V2")])
-def test_msmt17(tmp_path, version, sub):
-  base = _make_msmt(tmp_path / sub if sub else tmp_path, version)
-  train_dir, test_dir = layouts.MSMT17_VERSIONS[version]
-  ds = layouts.parse_dataset("msmt17", str(tmp_path))
-  assert ds.name == "msmt17" and ds.root == str(base)
-
-  # Train = list_train + list_val, relabelled: pids 0, 3, 1 -> 0, 2, 1.
-  tv = _MSMT_LISTS["list_train.txt"] + _MSMT_LISTS["list_val.txt"]
-  assert ds.train.paths == tuple(str(base / train_dir / r) for r, _ in tv)
-  np.testing.assert_array_equal(ds.train.pids, [0, 0, 2, 1])
-  np.testing.assert_array_equal(ds.train.camids, [0, 4, 14, 1])
-  assert ds.num_train_pids == 3
-
+def _check_msmt_test_splits(ds, base, test_dir):
   assert ds.query.paths == tuple(
       str(base / test_dir / r) for r, _ in _MSMT_LISTS["list_query.txt"])
   np.testing.assert_array_equal(ds.query.pids, [0, 10])
   np.testing.assert_array_equal(ds.query.camids, [2, 6])
+  assert ds.gallery.paths == tuple(
+      str(base / test_dir / r) for r, _ in _MSMT_LISTS["list_gallery.txt"])
   np.testing.assert_array_equal(ds.gallery.pids, [0, 10, 11])
   np.testing.assert_array_equal(ds.gallery.camids, [3, 11, 8])
   assert all(os.path.isfile(p) for p in ds.gallery.paths)
 
 
+@pytest.mark.parametrize("version,sub", [("V1", ""), ("V1", "MSMT17_V1"),
+                                         ("V2", "MSMT17_V2")])
+def test_msmt17_trains_on_list_train_only_by_default(tmp_path, version, sub):
+  base = _make_msmt(tmp_path / sub if sub else tmp_path, version)
+  train_dir, test_dir = msmt17.MSMT17_VERSIONS[version]
+  ds = layouts.parse_dataset("msmt17", str(tmp_path))
+  assert ds.name == "msmt17" and ds.root == str(base)
+
+  # Train = list_train only, in list order; pids 0, 0, 3 -> 0, 0, 1.
+  assert ds.train.paths == tuple(
+      str(base / train_dir / r) for r, _ in _MSMT_LISTS["list_train.txt"])
+  val_paths = {str(base / train_dir / r)
+               for r, _ in _MSMT_LISTS["list_val.txt"]}
+  assert not val_paths & set(ds.train.paths)
+  np.testing.assert_array_equal(ds.train.pids, [0, 0, 1])
+  np.testing.assert_array_equal(ds.train.camids, [0, 4, 14])
+  assert ds.num_train_pids == 2
+  _check_msmt_test_splits(ds, base, test_dir)
+
+
+@pytest.mark.parametrize("version", ["V1", "V2"])
+def test_msmt17_include_val_appends_list_val(tmp_path, version):
+  base = _make_msmt(tmp_path, version)
+  train_dir, test_dir = msmt17.MSMT17_VERSIONS[version]
+  ds = layouts.parse_dataset("msmt17", str(tmp_path), include_val=True)
+  tv = _MSMT_LISTS["list_train.txt"] + _MSMT_LISTS["list_val.txt"]
+  assert ds.train.paths == tuple(str(base / train_dir / r) for r, _ in tv)
+  # pids 0, 0, 3 | 1, 3 relabelled over the union {0, 1, 3} -> 0, 1, 2.
+  np.testing.assert_array_equal(ds.train.pids, [0, 0, 2, 1, 2])
+  np.testing.assert_array_equal(ds.train.camids, [0, 4, 14, 1, 7])
+  assert ds.num_train_pids == 3
+  # Contiguous 0..P-1, and the same original id gets the same label.
+  np.testing.assert_array_equal(np.unique(ds.train.pids), np.arange(3))
+  raw = np.array([pid for _, pid in tv])
+  for label in range(3):
+    assert np.unique(raw[ds.train.pids == label]).size == 1
+  _check_msmt_test_splits(ds, base, test_dir)
+
+  default = msmt17.parse_msmt17(str(tmp_path), include_val=False)
+  assert ds.train.paths[:len(default.train)] == default.train.paths
+  assert default.query.paths == ds.query.paths
+  assert default.gallery.paths == ds.gallery.paths
+
+
+def test_msmt17_options_through_the_registry_and_config(tmp_path):
+  assert layouts.layout_options("msmt17") == ("include_val",)
+  assert layouts.default_options("msmt17") == {"include_val": False}
+  _make_msmt(tmp_path)
+  config = ml_collections.ConfigDict(dict(
+      name="msmt17", root=str(tmp_path), options=dict(include_val=True)))
+  assert len(datasets.load_dataset(config).train) == 5
+  config.options.include_val = False
+  assert len(datasets.load_dataset(config).train) == 3
+  with pytest.raises(ValueError, match="include_val must be True or False, "
+                     "got 'yes'"):
+    msmt17.parse_msmt17(str(tmp_path), include_val="yes")
+
+
+def test_msmt17_statistics_with_and_without_val(tmp_path, monkeypatch):
+  _make_msmt(tmp_path)
+  # The official counts differ only in train (30,248 vs 32,621 images).
+  assert msmt17.MSMT17_STATS == {
+      "train": (1041, 30248), "query": (3060, 11659),
+      "gallery": (3060, 82161)}
+  assert msmt17.MSMT17_WITH_VAL_STATS == dict(
+      msmt17.MSMT17_STATS, train=(1041, 32621))
+  # Miniature "official" counts: each variant is checked against its own.
+  test = {"query": (2, 2), "gallery": (3, 3)}
+  monkeypatch.setattr(msmt17, "MSMT17_STATS", dict(test, train=(2, 3)))
+  monkeypatch.setattr(msmt17, "MSMT17_WITH_VAL_STATS",
+                      dict(test, train=(3, 5)))
+  assert len(msmt17.parse_msmt17(str(tmp_path)).train) == 3
+  assert len(msmt17.parse_msmt17(str(tmp_path), include_val=True).train) == 5
+  # Checked against the other variant's counts, each copy is an error.
+  monkeypatch.setattr(msmt17, "MSMT17_STATS", dict(test, train=(2, 2)))
+  with pytest.raises(layout_common.StatisticsError,
+                     match="train: got 2 ids / 3 images, expected 2 / 2"):
+    msmt17.parse_msmt17(str(tmp_path))
+  monkeypatch.setattr(msmt17, "MSMT17_WITH_VAL_STATS",
+                      dict(test, train=(3, 3)))
+  with pytest.raises(layout_common.StatisticsError,
+                     match="train: got 3 ids / 5 images, expected 3 / 3"):
+    msmt17.parse_msmt17(str(tmp_path), include_val=True)
+
+
 def test_msmt17_missing_pieces(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
-    layouts.parse_msmt17(str(tmp_path))
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
+    msmt17.parse_msmt17(str(tmp_path))
   assert "mask_train_v2/" in str(e.value) and "list_query.txt" in str(e.value)
 
   base = _make_msmt(tmp_path / "a")
   (base / "list_val.txt").unlink()
-  with pytest.raises(layouts.DatasetNotFoundError, match="'list_val.txt'"):
-    layouts.parse_msmt17(str(base))
+  with pytest.raises(layout_common.DatasetNotFoundError,
+                     match="'list_val.txt'"):
+    msmt17.parse_msmt17(str(base))
 
   base = _make_msmt(tmp_path / "b")
   (base / "test" / "0011" / "0011_000_09_0113noon_0005_0.jpg").unlink()
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
-    layouts.parse_msmt17(str(base))
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
+    msmt17.parse_msmt17(str(base))
   assert "list_gallery.txt:3" in str(e.value)
   assert "0011/0011_000_09_0113noon_0005_0.jpg" in str(e.value)
 
@@ -254,8 +340,8 @@ def test_msmt17_bad_file_name(tmp_path, entry):
   lists = dict(_MSMT_LISTS)
   lists["list_query.txt"] = lists["list_query.txt"] + [entry]
   base = _make_msmt(tmp_path, lists=lists)
-  with pytest.raises(layouts.LayoutError) as e:
-    layouts.parse_msmt17(str(base))
+  with pytest.raises(layout_common.LayoutError) as e:
+    msmt17.parse_msmt17(str(base))
   assert repr(entry[0].split("/")[1]) in str(e.value)
   assert "list_query.txt:3" in str(e.value)
 
@@ -264,8 +350,8 @@ def test_msmt17_bad_list_line(tmp_path):
   base = _make_msmt(tmp_path)
   with open(base / "list_train.txt", "a") as f:
     f.write("0000/0000_000_01_0303morning_0099_0.jpg\n")
-  with pytest.raises(layouts.LayoutError, match="list_train.txt:4"):
-    layouts.parse_msmt17(str(base))
+  with pytest.raises(layout_common.LayoutError, match="list_train.txt:4"):
+    msmt17.parse_msmt17(str(base))
 
 
 # ------------------------------------------------------------------ custom --
@@ -305,19 +391,19 @@ def test_custom(tmp_path):
 
 
 def test_custom_errors(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
-    layouts.parse_custom(str(_make_custom(tmp_path / "a", {
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
+    custom_layout.parse_custom(str(_make_custom(tmp_path / "a", {
         "train": _CUSTOM["train"], "query": _CUSTOM["query"]})))
   assert "missing split folder(s) 'gallery/'" in str(e.value)
   assert "train/<pid>/<camid>_<anything>.jpg" in str(e.value)
 
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="alice' is not named by an integer"):
-    layouts.parse_custom(str(_make_custom(tmp_path / "b", dict(
+    custom_layout.parse_custom(str(_make_custom(tmp_path / "b", dict(
         _CUSTOM, query=["alice/0_q.jpg"]))))
 
-  with pytest.raises(layouts.LayoutError) as e:
-    layouts.parse_custom(str(_make_custom(tmp_path / "c", dict(
+  with pytest.raises(layout_common.LayoutError) as e:
+    custom_layout.parse_custom(str(_make_custom(tmp_path / "c", dict(
         _CUSTOM, gallery=["8/cam0_g.jpg"]))))
   assert "'cam0_g.jpg'" in str(e.value)
 
@@ -327,4 +413,4 @@ def test_registry_lists_all_layouts(tmp_path):
     layouts.parse_dataset("cuhk03", str(tmp_path))
   assert ("known layouts: cuhk03_detected, cuhk03_labeled, custom, dukemtmc, "
           "dukemtmc_video, ilidsvid, market1501, mars, msmt17, occluded_duke, "
-          "prid2011.") in str(e.value)
+          "prid2011, synthetic, synthetic_video.") in str(e.value)

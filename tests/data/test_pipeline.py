@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from reidjax.data import pipeline
 from reidjax.data.index import ImageSplit
-from reidjax.data.sampler import IdentitySampler
+from reidjax.data.sampler import build_sampler
 from reidjax.data.transforms import AugmentConfig
 
 H, W = 32, 16
@@ -49,10 +49,21 @@ def _image_ids(images):
   return dist.argmin(1)
 
 
-def _train(split, **kwargs):
-  args = dict(num_identities=4, num_instances=2,
-              augment=AugmentConfig(H, W, pad=2), seed=11)
+def _sampler(split, kind="pk", epoch="identities", seed=11, **process):
+  """P = 4 x K = 2 (or B = 8 random) over ``split``."""
+  return build_sampler(split.pids, kind=kind, epoch=epoch, num_identities=4,
+                      num_instances=2, seed=seed, **process)
+
+
+def _train(split, kind="pk", epoch="identities", process_index=0,
+           process_count=1, **kwargs):
+  # Most tests pin the "identities" epoch: they rely on an identity being
+  # in every epoch (see test_train_corrupt_jpeg_error_names_the_file).
+  args = dict(augment=AugmentConfig(H, W, pad=2), seed=11)
   args.update(kwargs)
+  args["sampler"] = _sampler(split, kind, epoch, args["seed"],
+                             process_index=process_index,
+                             process_count=process_count)
   return pipeline.train_batches(split, **args)
 
 
@@ -66,32 +77,65 @@ def test_train_shapes_and_dtypes(split):
   assert np.isfinite(batch["images"]).all()
 
 
-def test_train_batches_follow_the_sampler(split):
+@pytest.mark.parametrize("kind, epoch", [("pk", "identities"),
+                                         ("pk", "images"),
+                                         ("random", "images")])
+def test_train_batches_follow_the_sampler(split, kind, epoch):
   no_aug = AugmentConfig(H, W, flip=False, pad=0, random_erasing=0.0)
-  sampler = IdentitySampler(split.pids, 4, 2, seed=11)
-  batches = itertools.islice(_train(split, augment=no_aug), 5)
+  sampler = _sampler(split, kind, epoch)
+  # 5 steps cross an epoch boundary for every kind: 8 ids // P; chunks of
+  # K = 2 (1+1+1+2+2+1+1+2 = 11) // P; 24 images // 8.
+  assert sampler.steps_per_epoch == {"identities": 2, "images": 2,
+                                     "random": 3}[kind if kind == "random"
+                                                  else epoch]
+  batches = itertools.islice(_train(split, kind, epoch, augment=no_aug), 5)
   for step, batch in enumerate(batches):
     indices = sampler.global_batch(step)
     np.testing.assert_array_equal(batch["pids"], split.pids[indices])
     np.testing.assert_array_equal(batch["camids"], split.camids[indices])
     # The pixels are those of the sampled files, in order.
     np.testing.assert_array_equal(_image_ids(batch["images"]), indices)
-    groups = batch["pids"].reshape(4, 2)
-    assert (groups == groups[:, :1]).all()
-    assert np.unique(groups[:, 0]).size == 4
+    if kind == "pk":
+      groups = batch["pids"].reshape(4, 2)
+      assert (groups == groups[:, :1]).all()
+      assert np.unique(groups[:, 0]).size == 4
 
 
-def test_train_deterministic_and_resumable(split):
-  first = list(itertools.islice(_train(split), 4))
-  again = list(itertools.islice(_train(split), 4))
-  resumed = list(itertools.islice(_train(split, start_step=2), 2))
+def test_train_rejects_a_sampler_of_another_split(split):
+  other = build_sampler(split.pids[:-1], kind="pk", epoch="images",
+                       num_identities=4, num_instances=2, seed=0)
+  with pytest.raises(ValueError, match=r"built for 23 items.*has 24"):
+    pipeline.train_batches(split, sampler=other, augment=AugmentConfig(H, W),
+                           seed=0)
+  # process_index / process_count may be passed (train.py passes them to
+  # every pipeline), but must agree with the sampler's slice.
+  half = _sampler(split, process_index=1, process_count=2)
+  with pytest.raises(ValueError, match=r"\(0, 2\) differ.*\(1, 2\)"):
+    pipeline.train_batches(split, sampler=half, augment=AugmentConfig(H, W),
+                           seed=0, process_index=0, process_count=2)
+  agreeing = pipeline.train_batches(split, sampler=half, seed=11,
+                                    augment=AugmentConfig(H, W, pad=2),
+                                    process_index=1, process_count=2)
+  np.testing.assert_array_equal(
+      next(agreeing)["images"],
+      next(_train(split, process_index=1, process_count=2))["images"])
+
+
+@pytest.mark.parametrize("kind, epoch", [("pk", "identities"),
+                                         ("pk", "images"),
+                                         ("random", "images")])
+def test_train_deterministic_and_resumable(split, kind, epoch):
+  first = list(itertools.islice(_train(split, kind, epoch), 4))
+  again = list(itertools.islice(_train(split, kind, epoch), 4))
+  resumed = list(itertools.islice(_train(split, kind, epoch, start_step=2),
+                                  2))
   for x, y in zip(first, again, strict=True):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
   for x, y in zip(first[2:], resumed, strict=True):
     for key in x:
       np.testing.assert_array_equal(x[key], y[key])
-  other = next(_train(split, seed=12))
+  other = next(_train(split, kind, epoch, seed=12))
   assert not np.array_equal(first[0]["images"], other["images"])
 
 
@@ -106,10 +150,14 @@ def test_train_augmentation_is_active(split):
   assert has_pad.sum() >= 4
 
 
-def test_train_process_shards_concatenate(split):
-  single = list(itertools.islice(_train(split), 2))
+@pytest.mark.parametrize("kind, epoch", [("pk", "identities"),
+                                         ("pk", "images"),
+                                         ("random", "images")])
+def test_train_process_shards_concatenate(split, kind, epoch):
+  single = list(itertools.islice(_train(split, kind, epoch), 2))
   shards = [list(itertools.islice(
-      _train(split, process_index=i, process_count=2), 2)) for i in range(2)]
+      _train(split, kind, epoch, process_index=i, process_count=2), 2))
+            for i in range(2)]
   for step in range(2):
     for key in single[step]:
       assert shards[0][step][key].shape[0] == 4

@@ -21,8 +21,11 @@ import pytest
 import tensorflow as tf
 import tensorflow_datasets as tfds
 
+from reidjax.data import layout_common
 from reidjax.data import layouts
+from reidjax.data import market_layouts
 from reidjax.data import pipeline
+from reidjax.data import sampler
 from reidjax.data import tfds_builders
 from reidjax.data import tfds_reader
 from reidjax.data import video_layouts
@@ -95,7 +98,7 @@ class Market1501Test(_DummyData, tfds.testing.DatasetBuilderTestCase):
 
   @staticmethod
   def make_dummy(root):
-    _fill_images(_make_market(root / layouts.MARKET1501_ARCHIVE_DIR))
+    _fill_images(_make_market(root / market_layouts.MARKET1501_ARCHIVE_DIR))
 
 
 class DukemtmcTest(_DummyData, tfds.testing.DatasetBuilderTestCase):
@@ -113,17 +116,26 @@ class OccludedDukeTest(_DummyData, tfds.testing.DatasetBuilderTestCase):
 
   @staticmethod
   def make_dummy(root):
-    _fill_images(_make_duke(root / layouts.OCCLUDED_DUKE_ARCHIVE_DIR))
+    _fill_images(_make_duke(root / market_layouts.OCCLUDED_DUKE_ARCHIVE_DIR))
 
 
-class Msmt17Test(_DummyData, tfds.testing.DatasetBuilderTestCase):
+class _Msmt17(_DummyData):
   DATASET_CLASS = tfds_builders.Msmt17
-  # list_train 3 + list_val 1; list_query 2; list_gallery 3.
-  SPLITS = {"train": 4, "query": 2, "gallery": 3}
 
   @staticmethod
   def make_dummy(root):
     _fill_images(_make_msmt(root / "MSMT17_V2", version="V2"))
+
+
+class Msmt17ListTrainTest(_Msmt17, tfds.testing.DatasetBuilderTestCase):
+  BUILDER_CONFIG_NAMES_TO_TEST = ["list_train"]
+  # test_layouts_more: list_train 3 (list_val 2 left out); query 2; gallery 3.
+  SPLITS = {"train": 3, "query": 2, "gallery": 3}
+
+
+class Msmt17ListTrainValTest(_Msmt17, tfds.testing.DatasetBuilderTestCase):
+  BUILDER_CONFIG_NAMES_TO_TEST = ["list_train_val"]
+  SPLITS = {"train": 3 + 2, "query": 2, "gallery": 3}
 
 
 class Cuhk03LabeledTest(_DummyData, tfds.testing.DatasetBuilderTestCase):
@@ -248,7 +260,7 @@ def _read_all(reader, n):
 
 def test_market_round_trip_matches_the_folder_parser(market):
   manual, data_dir = market
-  parsed = layouts.parse_market1501(str(manual))
+  parsed = market_layouts.parse_market1501(str(manual))
   index, readers = tfds_reader.load_prepared("market1501", data_dir)
   assert isinstance(index, ImageDataset) and index.name == "market1501"
   assert index.root == os.path.join(data_dir, "market1501", "1.0.0")
@@ -269,6 +281,31 @@ def test_market_round_trip_matches_the_folder_parser(market):
           ("0002", 0), ("0002", 0), ("0002", 0), ("0007", 1), ("0007", 1),
           ("0015", 2)]
   np.testing.assert_array_equal(index.gallery.pids, [0, 0, 3, 3, 9])
+
+
+@pytest.mark.parametrize("include_val,config", [(False, "list_train"),
+                                                 (True, "list_train_val")])
+def test_msmt17_configs_round_trip(tmp_path, include_val, config):
+  manual = _fill_images(_make_msmt(tmp_path / "manual"))
+  data_dir = str(tmp_path / "tfds")
+  tfds_builders.prepare("msmt17", str(manual), data_dir, config=config)
+  parsed = layouts.parse_dataset("msmt17", str(manual),
+                                 include_val=include_val)
+  index, readers = tfds_reader.load_prepared("msmt17", data_dir,
+                                             include_val=include_val)
+  assert index.root == os.path.join(data_dir, "msmt17", config, "2.0.0")
+  for s in SPLITS:
+    want, got = getattr(parsed, s), getattr(index, s)
+    assert got.paths == tuple(
+        os.path.relpath(p, parsed.root) for p in want.paths)
+    np.testing.assert_array_equal(got.pids, want.pids)
+    np.testing.assert_array_equal(got.camids, want.camids)
+  # The train ids by hand (test_layouts_more): list_train pids 0, 0, 3 and
+  # list_val pids 1, 3.
+  np.testing.assert_array_equal(
+      index.train.pids, [0, 0, 2, 1, 2] if include_val else [0, 0, 1])
+  assert _read_all(readers["train"], len(index.train)) == [
+      pathlib.Path(p).read_bytes() for p in parsed.train.paths]
 
 
 @pytest.fixture(name="mars", scope="module")
@@ -321,7 +358,7 @@ def _assert_same_batches(a, b):
 
 def test_pipelines_give_the_same_batches_from_readers(market, mars):
   """Prepared reader vs files on disk, through the real pipelines."""
-  parsed = layouts.parse_market1501(str(market[0]))
+  parsed = market_layouts.parse_market1501(str(market[0]))
   index, readers = tfds_reader.load_prepared("market1501", market[1])
   kwargs = dict(batch_size=4, height=8, width=4)
   from_files = list(pipeline.eval_batches(parsed.gallery, **kwargs))
@@ -331,9 +368,11 @@ def test_pipelines_give_the_same_batches_from_readers(market, mars):
 
   parsed = video_layouts.parse_mars(str(mars[0]))
   index, readers = tfds_reader.load_prepared("mars", mars[1])
-  kwargs = dict(num_identities=2, num_instances=2, clip_length=2,
-                strategy="random", augment=AugmentConfig(8, 4, pad=1),
-                seed=3)
+  train_sampler = sampler.build_sampler(
+      parsed.train.pids, kind="pk", epoch="images", num_identities=2,
+      num_instances=2, seed=3)
+  kwargs = dict(sampler=train_sampler, clip_length=2, strategy="random",
+                augment=AugmentConfig(8, 4, pad=1), seed=3)
   from_files = _batches(pipeline.train_clip_batches(parsed.train, **kwargs), 2)
   assert from_files[0]["images"].shape == (4, 2, 8, 4, 3)
   _assert_same_batches(_batches(pipeline.train_clip_batches(
@@ -415,12 +454,24 @@ def test_resolve_options_to_configs():
     resolve("ilidsvid", split_index=10)
   with pytest.raises(ValueError, match="fixes"):
     resolve("cuhk03_labeled", variant="detected")
+  # MSMT17: list_train only by default; include_val picks list_train + val.
+  assert resolve("msmt17") == (tfds_builders.Msmt17, "list_train")
+  assert resolve("msmt17", include_val=False)[1] == "list_train"
+  assert resolve("msmt17", include_val=True)[1] == "list_train_val"
+  # A config's data.options built from the parser defaults picks the same
+  # config as no options; an unpinned option away from its default does not.
+  for name in ("msmt17", "ilidsvid", "prid2011", "cuhk03_detected"):
+    assert resolve(name, **layouts.default_options(name)) == resolve(name)
+  assert resolve("prid2011", split_index=4, seed=0, min_frames=21)[1] == (
+      "split_4")
+  with pytest.raises(ValueError, match="match no config"):
+    resolve("prid2011", split_index=4, min_frames=5)
   with pytest.raises(ValueError, match="known: .*market1501.*prid2011"):
     resolve("viper")
 
 
 def test_prepare_errors(tmp_path):
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     tfds_builders.prepare("market1501", str(tmp_path / "nope"),
                           str(tmp_path / "tfds"))
   assert "nope" in str(e.value) and "bounding_box_train/" in str(e.value)

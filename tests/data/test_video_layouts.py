@@ -9,6 +9,7 @@ import pytest
 import scipy.io
 
 from reidjax.data import index
+from reidjax.data import layout_common
 from reidjax.data import layouts
 from reidjax.data import video_layouts as vl
 
@@ -114,7 +115,7 @@ def test_mars_archive_subfolder_and_registry(tmp_path, sub):
   ds = layouts.parse_dataset("mars", str(tmp_path))
   assert ds.root == str(inner) and ds.name == "mars"
   assert (len(ds.train), len(ds.query), len(ds.gallery)) == (4, 3, 4)
-  assert "mars" in layouts.VIDEO_LAYOUTS
+  assert "mars" in layouts.VIDEO_DATASETS and layouts.is_video_dataset("mars")
   with pytest.raises(ValueError, match="'mars' does not take option.*"
                      "'split_index'; it accepts no options"):
     layouts.parse_dataset("mars", str(tmp_path), split_index=1)
@@ -123,13 +124,13 @@ def test_mars_archive_subfolder_and_registry(tmp_path, sub):
 def test_mars_missing_pieces(tmp_path):
   root = _make_mars(tmp_path)
   os.remove(root / "info" / "query_IDX.mat")
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     vl.parse_mars(str(root))
   assert "missing info file(s) 'info/query_IDX.mat'" in str(e.value)
   assert "tracks_test_info.mat" in str(e.value)  # the help text
 
   shutil.rmtree(root / "bbox_test")
-  with pytest.raises(layouts.DatasetNotFoundError,
+  with pytest.raises(layout_common.DatasetNotFoundError,
                      match="missing split folder\\(s\\) 'bbox_test/'"):
     vl.parse_mars(str(root))
 
@@ -138,7 +139,7 @@ def test_mars_missing_last_frame(tmp_path):
   root = _make_mars(tmp_path)
   last = root / "bbox_test" / "0005" / "0005C5T0001F003.jpg"
   os.remove(last)
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     vl.parse_mars(str(root))
   assert f"frame {str(last)!r} does not exist" in str(e.value)
   assert "row 4 [8 10 5 5]" in str(e.value)  # lines 8..10 of test_name.txt
@@ -150,7 +151,7 @@ def test_mars_bad_name(tmp_path):
   lines = path.read_text().splitlines()
   lines[4] = "0001_c4s1_000005_00.jpg"  # a Market name
   path.write_text("\n".join(lines))
-  with pytest.raises(layouts.LayoutError) as e:
+  with pytest.raises(layout_common.LayoutError) as e:
     vl.parse_mars(str(root))
   assert f"{path}:5: '0001_c4s1_000005_00.jpg' does not match" in str(e.value)
   assert "0001C1T0001F001.jpg" in str(e.value)
@@ -166,7 +167,7 @@ def test_mars_bad_track_rows(tmp_path, rows, needle):
   root = _make_mars(tmp_path)
   path = root / "info" / "tracks_train_info.mat"
   scipy.io.savemat(path, {"track_train_info": np.asarray(rows, float)})
-  with pytest.raises(layouts.LayoutError) as e:
+  with pytest.raises(layout_common.LayoutError) as e:
     vl.parse_mars(str(root))
   assert needle in str(e.value) and str(path) in str(e.value)
 
@@ -175,12 +176,12 @@ def test_mars_bad_mat_contents(tmp_path):
   root = _make_mars(tmp_path)
   scipy.io.savemat(root / "info" / "query_IDX.mat",
                    {"query_IDX": np.asarray([[1, 9]], float)})
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="query_IDX holds row 9, outside the 8 rows"):
     vl.parse_mars(str(root))
   scipy.io.savemat(root / "info" / "tracks_test_info.mat",
                    {"tracks": np.zeros((2, 4))})
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="has no variable 'track_test_info'"):
     vl.parse_mars(str(root))
 
@@ -192,7 +193,7 @@ def test_mars_statistics_checked_when_complete(tmp_path, monkeypatch):
   assert len(vl.parse_mars(str(root)).gallery) == 4
   monkeypatch.setattr(vl, "MARS_STATS", {
       "train": (3, 4), "query": (3, 3), "gallery": (2, 4)})
-  with pytest.raises(layouts.StatisticsError,
+  with pytest.raises(layout_common.StatisticsError,
                      match="gallery: got 3 ids / 4 tracklets, expected 2 / 4"):
     vl.parse_mars(str(root))
 
@@ -206,12 +207,12 @@ def test_check_statistics_counts_tracklets():
   ds = index.VideoDataset("v", "/r", train=split([0, 0, 1], 5),
                           query=split([4], 2), gallery=split([4, 0], 3))
   ok = {"train": (2, 3), "query": (1, 1), "gallery": (2, 2)}
-  assert layouts.check_statistics(ds, ok) is True
+  assert layout_common.check_statistics(ds, ok) is True
   # Counts are tracklets, not frames: 3 train tracklets hold 15 frames.
-  assert layouts.check_statistics(ds, dict(ok, train=(2, 15))) is False
-  with pytest.raises(layouts.StatisticsError,
+  assert layout_common.check_statistics(ds, dict(ok, train=(2, 15))) is False
+  with pytest.raises(layout_common.StatisticsError,
                      match="train: got 2 ids / 3 tracklets, expected 2 / 2"):
-    layouts.check_statistics(ds, dict(ok, train=(2, 2)))
+    layout_common.check_statistics(ds, dict(ok, train=(2, 2)))
 
 
 # ------------------------------------------------------ DukeMTMC-VideoReID --
@@ -289,7 +290,7 @@ def test_duke_video_splits_and_frame_order(tmp_path):
 def test_duke_video_bad_layout(tmp_path, change, needle):
   content = dict(_DUKE_VIDEO, train=change)
   root = _make_duke_video(tmp_path, content)
-  with pytest.raises(layouts.LayoutError) as e:
+  with pytest.raises(layout_common.LayoutError) as e:
     vl.parse_dukemtmc_video(str(root))
   assert needle in str(e.value)
 
@@ -297,13 +298,14 @@ def test_duke_video_bad_layout(tmp_path, change, needle):
 def test_duke_video_missing_split_and_empty_tracklet(tmp_path):
   root = _make_duke_video(tmp_path / "a")
   shutil.rmtree(root / "query")
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     vl.parse_dukemtmc_video(str(root))
   assert "missing split folder(s) 'query/'" in str(e.value)
   assert "DukeMTMC-VideoReID" in str(e.value)
   root = _make_duke_video(tmp_path / "b")
   (root / "gallery" / "0002" / "0009").mkdir()
-  with pytest.raises(layouts.LayoutError, match="0009' has no .jpg frames"):
+  with pytest.raises(layout_common.LayoutError,
+                     match="0009' has no .jpg frames"):
     vl.parse_dukemtmc_video(str(root))
 
 
@@ -311,7 +313,7 @@ def test_duke_video_statistics(tmp_path, monkeypatch):
   root = _make_duke_video(tmp_path)
   monkeypatch.setattr(vl, "DUKEMTMC_VIDEO_STATS", {
       "train": (2, 3), "query": (2, 2), "gallery": (3, 3)})
-  with pytest.raises(layouts.StatisticsError,
+  with pytest.raises(layout_common.StatisticsError,
                      match="gallery: got 3 ids / 4 tracklets, expected 3 / 3"):
     vl.parse_dukemtmc_video(str(root))
 
@@ -369,22 +371,24 @@ def test_ilidsvid_errors(tmp_path):
   with pytest.raises(ValueError, match="split_index 2 is out of range.*0..1"):
     vl.parse_ilidsvid(str(root), split_index=2)
   os.remove(root / vl.ILIDSVID_SPLIT_MAT)
-  with pytest.raises(layouts.DatasetNotFoundError,
+  with pytest.raises(layout_common.DatasetNotFoundError,
                      match="train_test_splits_ilidsvid.mat"):
     vl.parse_ilidsvid(str(root))
 
   root = _make_ilids(tmp_path / "b")
   _touch(root / "i-LIDS-VID" / "sequences" / "cam1" / "person099" / "1.png")
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="person 099 has a sequence in only one camera"):
     vl.parse_ilidsvid(str(root))
 
   root = _make_ilids(tmp_path / "c", ls_set=[[1, 2, 3, 4, 5]])
-  with pytest.raises(layouts.LayoutError, match="ls_set has shape \\(1, 5\\)"):
+  with pytest.raises(layout_common.LayoutError,
+                     match="ls_set has shape \\(1, 5\\)"):
     vl.parse_ilidsvid(str(root))
 
   root = _make_ilids(tmp_path / "d", ls_set=[[1, 1, 3, 4, 5, 6]])
-  with pytest.raises(layouts.LayoutError, match="not a permutation of 1..6"):
+  with pytest.raises(layout_common.LayoutError,
+                     match="not a permutation of 1..6"):
     vl.parse_ilidsvid(str(root))
 
 
@@ -395,7 +399,7 @@ def test_ilidsvid_statistics(tmp_path, monkeypatch):
   assert vl.parse_ilidsvid(str(tmp_path)).root == str(root)
   monkeypatch.setattr(vl, "ILIDSVID_STATS", {
       "train": (3, 5), "query": (3, 3), "gallery": (3, 3)})
-  with pytest.raises(layouts.StatisticsError,
+  with pytest.raises(layout_common.StatisticsError,
                      match="train: got 3 ids / 6 tracklets, expected 3 / 5"):
     vl.parse_ilidsvid(str(tmp_path))
 
@@ -506,21 +510,21 @@ def test_prid2011_split_file(tmp_path):
        "puts person_0001 in both train and test"),
       ({"train": []}, "must hold a non-empty JSON list")):
     (root / "splits_prid2011.json").write_text(json.dumps(bad))
-    with pytest.raises(layouts.LayoutError, match=needle):
+    with pytest.raises(layout_common.LayoutError, match=needle):
       vl.parse_prid2011(str(root))
 
 
 def test_prid2011_errors(tmp_path):
   root = _make_prid(tmp_path / "a", only={"cam_a": [201, 150]})
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="person_0150 appears in only one camera"):
     vl.parse_prid2011(str(root))
-  with pytest.raises(layouts.DatasetNotFoundError) as e:
+  with pytest.raises(layout_common.DatasetNotFoundError) as e:
     vl.parse_prid2011(str(tmp_path / "b"))
   assert "does not exist" in str(e.value) and "multi_shot" in str(e.value)
   root = _make_prid(tmp_path / "c")
   _touch(root / "prid_2011" / "multi_shot" / "cam_a" / "person_0001" / "x.png")
-  with pytest.raises(layouts.LayoutError,
+  with pytest.raises(layout_common.LayoutError,
                      match="'x.png' in .* does not end in a frame number"):
     vl.parse_prid2011(str(root))
 
@@ -529,7 +533,7 @@ def test_prid2011_statistics(tmp_path, monkeypatch):
   root = _make_prid(tmp_path)
   monkeypatch.setattr(vl, "PRID2011_STATS", {
       "train": (5, 10), "query": (5, 5), "gallery": (4, 4)})
-  with pytest.raises(layouts.StatisticsError,
+  with pytest.raises(layout_common.StatisticsError,
                      match="gallery: got 5 ids / 5 tracklets, expected 4 / 4"):
     vl.parse_prid2011(str(root))
 
@@ -552,9 +556,9 @@ def test_registry_knows_every_dataset(tmp_path):
     layouts.parse_dataset("nope", str(tmp_path))
   assert ("known layouts: cuhk03_detected, cuhk03_labeled, custom, dukemtmc, "
           "dukemtmc_video, ilidsvid, market1501, mars, msmt17, occluded_duke, "
-          "prid2011.") in str(e.value)
-  assert layouts.VIDEO_LAYOUTS == {"mars", "dukemtmc_video", "ilidsvid",
-                                   "prid2011"}
+          "prid2011, synthetic, synthetic_video.") in str(e.value)
+  assert layouts.VIDEO_DATASETS == ("mars", "dukemtmc_video", "ilidsvid",
+                                    "prid2011", "synthetic_video")
   assert layouts.layout_options("ilidsvid") == ("split_index",)
   assert layouts.layout_options("cuhk03_labeled") == ()
   with pytest.raises(ValueError, match="'market1501' does not take option"):

@@ -9,7 +9,7 @@ import pytest
 
 from reidjax.data import clips, pipeline
 from reidjax.data.index import VideoSplit
-from reidjax.data.sampler import IdentitySampler
+from reidjax.data.sampler import build_sampler
 from reidjax.data.transforms import AugmentConfig
 from tests.data.test_pipeline import _truncate
 
@@ -63,10 +63,19 @@ def _frames_and_flips(images):
   return dist.argmin(-1), flipped
 
 
-def _train(split, **kwargs):
-  args = dict(num_identities=P, num_instances=K, clip_length=N,
-              strategy="random", augment=NO_AUG, seed=5)
+def _sampler(split, kind="pk", epoch="identities", seed=5, **process):
+  """P x K tracklets (or P*K random tracklets) over ``split``."""
+  return build_sampler(split.pids, kind=kind, epoch=epoch, num_identities=P,
+                      num_instances=K, seed=seed, **process)
+
+
+def _train(split, kind="pk", epoch="identities", process_index=0,
+           process_count=1, **kwargs):
+  args = dict(clip_length=N, strategy="random", augment=NO_AUG, seed=5)
   args.update(kwargs)
+  args["sampler"] = _sampler(split, kind, epoch, args["seed"],
+                             process_index=process_index,
+                             process_count=process_count)
   return pipeline.train_clip_batches(split, **args)
 
 
@@ -84,17 +93,26 @@ def test_train_shapes_and_dtypes(split):
   assert np.isfinite(batch["images"]).all()
 
 
-@pytest.mark.parametrize("strategy", ["random", "consecutive"])
-def test_train_clips_are_p_by_k_tracklets_and_their_frames(split, strategy):
-  sampler = IdentitySampler(split.pids, P, K, seed=5)
+@pytest.mark.parametrize("strategy, epoch", [("random", "identities"),
+                                             ("consecutive", "identities"),
+                                             ("random", "images")])
+def test_train_clips_are_p_by_k_tracklets_and_their_frames(split, strategy,
+                                                           epoch):
+  sampler = _sampler(split, epoch=epoch)
+  # One item = one tracklet: 6 ids // P, or chunks of K = 2 tracklets per
+  # id (1 each: 2, 2, 3, 2, 2, 2 tracklets) // P.
+  assert sampler.steps_per_epoch == 2
   offsets, lengths = _offsets(split), np.array(LENGTHS)
-  batches = itertools.islice(_train(split, strategy=strategy), 4)
+  batches = itertools.islice(_train(split, epoch=epoch, strategy=strategy), 4)
   for step, batch in enumerate(batches):
     tracklets = sampler.global_batch(step)
     np.testing.assert_array_equal(batch["pids"], split.pids[tracklets])
     np.testing.assert_array_equal(batch["camids"], split.camids[tracklets])
     groups = batch["pids"].reshape(P, K)
     assert (groups == groups[:, :1]).all() and np.unique(groups).size == P
+    if epoch == "images":  # A chunk never repeats a tracklet.
+      assert all(np.unique(row).size == K
+                 for row in tracklets.reshape(P, K))
     frames, flipped = _frames_and_flips(batch["images"])
     assert not flipped.any()
     local = frames - offsets[tracklets][:, None]
@@ -146,11 +164,16 @@ def test_train_deterministic_and_resumable(split):
   assert not np.array_equal(first[0]["images"], other["images"])
 
 
-def test_train_process_shards_concatenate(split):
+@pytest.mark.parametrize("kind, epoch", [("pk", "identities"),
+                                         ("pk", "images"),
+                                         ("random", "images")])
+def test_train_process_shards_concatenate(split, kind, epoch):
   augment = AugmentConfig(H, W, pad=2)
-  single = next(_train(split, augment=augment))
-  shards = [next(_train(split, augment=augment, process_index=i,
-                        process_count=2)) for i in range(2)]
+  single = next(_train(split, kind, epoch, augment=augment, start_step=3))
+  shards = [next(_train(split, kind, epoch, augment=augment, start_step=3,
+                        process_index=i, process_count=2)) for i in range(2)]
+  np.testing.assert_array_equal(
+      single["pids"], split.pids[_sampler(split, kind, epoch).global_batch(3)])
   for key in single:
     assert shards[0][key].shape[0] == P * K // 2
     np.testing.assert_array_equal(
@@ -264,3 +287,17 @@ def test_train_skip_corrupt_whole_tracklet_uses_the_identity(split):
   assert batches.stats["corrupt_files"] == 2
   assert not np.isin(shown, offsets[12] + np.arange(2)).any()
   assert (shown == offsets[11]).sum() >= batches.stats["replaced"] > 0
+
+
+def test_train_checks_the_sampler_against_split_and_process(split):
+  tracklets_of_others = build_sampler(split.pids[:-2], kind="pk",
+                                      epoch="images", num_identities=P,
+                                      num_instances=K, seed=5)
+  with pytest.raises(ValueError, match=r"built for 11 items.*has 13"):
+    pipeline.train_clip_batches(split, sampler=tracklets_of_others,
+                                clip_length=N, strategy="random",
+                                augment=NO_AUG, seed=5)
+  with pytest.raises(ValueError, match=r"\(None, 2\) differ.*\(0, 1\)"):
+    pipeline.train_clip_batches(split, sampler=_sampler(split), clip_length=N,
+                                strategy="random", augment=NO_AUG, seed=5,
+                                process_count=2)

@@ -1,11 +1,18 @@
 """Evaluating a model during or after training: embed query and gallery, rank, score.
 
+``Evaluator.from_config(config.eval, model, mesh, ...)`` builds it from the
+``eval`` config section (keys: ``EVAL_KEYS``, the Evaluator options; an unknown
+key is an error naming the accepted ones).
+
 Embedding models: distances are one matrix product (the full matrix, or
 streamed over query tiles with ``streaming=True``). Pair models: the model's
 ``pair_distance`` over (query tile x gallery tile) blocks
 (``ranking.evaluate_pair_model``), or only over each query's top
 ``rerank_top_k`` of the ranking by the ``"global"`` embedding
-(``ranking.evaluate_two_stage``).
+(``ranking.evaluate_two_stage``; ``rerank_combine``: rank the top K by the
+pair distance alone, ``"replace"``, or by the sum of both stages' distances,
+``"sum"``, as CACE-Net ranks). Pair-model items stay in host memory and are
+streamed to the devices in tiles (see ``ranking.py`` for the memory figures).
 
 Video splits (``test_clips`` given): each tracklet is cut into the clips of
 a plan (``reidjax.data.clips.plan_test_clips``); embedding models pool the
@@ -16,9 +23,10 @@ which have no mean).
 
 from __future__ import annotations
 
+import inspect
 import os
 import time
-from typing import Any, Callable, Iterable
+from typing import Any, Callable, Iterable, Mapping
 
 import flax.linen as nn
 import numpy as np
@@ -29,6 +37,33 @@ from reidjax.evaluate import distance, features, metrics, ranking, streaming, vi
 from reidjax.models import interface
 from reidjax.train import progress
 
+# The ``eval`` config section: every accepted key with its default.
+CLIP_POOLING = ("mean", "max")
+
+
+def eval_options(eval_config: Any) -> dict[str, Any]:
+  """The ``eval`` section as ``Evaluator`` keyword arguments.
+
+  The accepted keys are the ``Evaluator`` options (``EVAL_KEYS``); a key the
+  section leaves out takes the ``Evaluator``'s default, an unknown (e.g.
+  misspelt) key raises ValueError naming it and the accepted keys.
+  """
+  if hasattr(eval_config, "to_dict"):
+    eval_config = eval_config.to_dict()
+  if not isinstance(eval_config, Mapping):
+    raise TypeError(f"The eval config must be a mapping (ConfigDict or dict), got "
+                    f"{type(eval_config).__name__}.")
+  unknown = sorted(set(eval_config) - set(EVAL_KEYS))
+  if unknown:
+    raise ValueError(
+        f"Unknown eval config key(s) {unknown}; the accepted keys are {sorted(EVAL_KEYS)}.")
+  return dict(eval_config)
+
+
+def _check_choice(name: str, value: Any, choices: tuple) -> None:
+  if value not in choices:
+    raise ValueError(f"eval.{name} must be one of {choices}, got {value!r}.")
+
 
 class Evaluator:
   """Scores a train state on a query / gallery pair of splits.
@@ -37,19 +72,24 @@ class Evaluator:
     model: the Flax module (an embedding or a pair model).
     mesh: the data mesh.
     query, gallery: splits with ``pids`` and ``camids`` (``ImageSplit``).
-    make_batches: ``split -> iterable of eval batches`` (images, mask, index),
+    make_batches: ``split -> iterable of eval batches`` (the model's input
+      fields, ``interface.input_fields``, plus mask and index),
       e.g. ``functools.partial(reidjax.data.pipeline.eval_batches, ...)``.
     metric: ``"cosine"`` or ``"euclidean"``.
     max_rank: length of the CMC curve.
     workdir: if set, every result is appended to ``eval_metrics.jsonl``.
-    flip: flip test-time augmentation (``features.make_embed_fn``).
+    flip: flip test-time augmentation (``features.make_embed_fn``):
+      embedding models average the embeddings of an item and its mirror,
+      pair models their features, prepared once.
     normalize: L2-normalise embeddings before the metric.
     protocol, num_repeats, seed, camera_filter: see
       ``metrics.evaluate_ranking`` (``"cuhk03"``: single-gallery-shot CMC).
     streaming: embedding models: rank from features in query tiles instead of
       building the (Q, G) matrix (MSMT17-sized sets).
     rerank_top_k: pair models: re-rank only each query's top K of the
-      ranking by the ``"global"`` embedding; None: full pairwise ranking.
+      ranking by the ``"global"`` embedding; None or 0: full pairwise ranking.
+    rerank_combine: two-stage score of the top K, ``"replace"`` (pair
+      distance) or ``"sum"`` (first-stage + pair distance).
     test_clips: video: ``split -> plan`` with ``tracklet`` (C,) (the
       tracklet of each clip) and ``num_clips``; ``make_batches`` is then
       called as ``make_batches(split, plan)`` and yields clips.
@@ -65,15 +105,29 @@ class Evaluator:
                camera_filter: bool = True, streaming: bool = False,
                rerank_top_k: int | None = None,
                test_clips: Callable[[Any], Any] | None = None,
-               clip_pooling: str = "mean"):
+               clip_pooling: str = "mean", rerank_combine: str = "replace"):
     self.kind = interface.model_kind(model)
+    _check_choice("metric", metric, distance.METRICS)
+    _check_choice("protocol", protocol, metrics.PROTOCOLS)
+    _check_choice("clip_pooling", clip_pooling, CLIP_POOLING)
+    _check_choice("rerank_combine", rerank_combine, ranking.COMBINE)
+    if rerank_top_k is not None and (
+        not isinstance(rerank_top_k, (int, np.integer)) or rerank_top_k < 0):
+      raise ValueError(f"eval.rerank_top_k must be an int >= 0 (0: full pairwise "
+                       f"ranking), got {rerank_top_k!r}.")
+    if rerank_top_k and self.kind != interface.PAIR:
+      logging.warning("eval.rerank_top_k = %s is ignored: %s is an embedding model "
+                      "(two-stage ranking is for pair models).", rerank_top_k,
+                      type(model).__name__)
     self.model, self.mesh = model, mesh
     self.query, self.gallery = query, gallery
     self.make_batches = make_batches
     self.metric, self.max_rank = metric, max_rank
     self.workdir = workdir
     self.normalize, self.streaming = normalize, streaming
-    self.rerank_top_k = rerank_top_k
+    self.rerank_top_k = rerank_top_k or None
+    self.rerank_combine = rerank_combine
+    self.fields = interface.input_fields(model)
     self.test_clips, self.clip_pooling = test_clips, clip_pooling
     self._protocol = dict(protocol=protocol, num_repeats=num_repeats,
                           seed=seed, camera_filter=camera_filter)
@@ -83,14 +137,35 @@ class Evaluator:
     self._pair_fn = lambda variables, a, b: model.apply(
         variables, a, b, method="pair_distance")
 
+  @classmethod
+  def from_config(cls, eval_config: Any, model: nn.Module, mesh: Mesh, *,
+                  query: Any, gallery: Any,
+                  make_batches: Callable[..., Iterable[dict[str, np.ndarray]]],
+                  test_clips: Callable[[Any], Any] | None = None,
+                  workdir: str | None = None, seed: int = 0) -> "Evaluator":
+    """An evaluator from the ``eval`` config section (keys: ``EVAL_KEYS``).
+
+    Args:
+      eval_config: the ``eval`` section (ConfigDict or dict); missing keys
+        take their defaults, unknown keys raise ValueError.
+      model, mesh, query, gallery, make_batches, test_clips, workdir: see
+        the class attributes.
+      seed: the CUHK03 protocol's sampling seed (the run's ``config.seed``).
+    """
+    options = eval_options(eval_config)
+    return cls(model, mesh, query=query, gallery=gallery,
+               make_batches=make_batches, test_clips=test_clips,
+               workdir=workdir, seed=seed, **options)
+
   def embed(self, variables: Any, split: Any) -> Any:
     """(N, D) features (pair models: a dict) of every item of ``split``, in order."""
     if self.test_clips is None:
       return features.extract_features(self._embed, variables, self.make_batches(split),
-                                       len(split), self.mesh)
+                                       len(split), self.mesh, fields=self.fields)
     plan = self.test_clips(split)
     clip_features = features.extract_features(
-        self._embed, variables, self.make_batches(split, plan), plan.num_clips, self.mesh)
+        self._embed, variables, self.make_batches(split, plan), plan.num_clips, self.mesh,
+        fields=self.fields)
     if np.array_equal(plan.tracklet, np.arange(len(split))):
       return clip_features  # one clip per tracklet, in order
     if self.kind == interface.PAIR:
@@ -113,9 +188,9 @@ class Evaluator:
       result = ranking.evaluate_two_stage(
           self._pair_fn, query_features, gallery_features,
           query_features["global"], gallery_features["global"], *labels,
-          top_k=self.rerank_top_k, metric=self.metric,
-          normalize=self.normalize, mesh=self.mesh, max_rank=self.max_rank,
-          camera_filter=self._protocol["camera_filter"], params=variables)
+          top_k=self.rerank_top_k, combine=self.rerank_combine,
+          metric=self.metric, normalize=self.normalize, mesh=self.mesh,
+          max_rank=self.max_rank, params=variables, **self._protocol)
     elif self.kind == interface.PAIR:
       result = ranking.evaluate_pair_model(
           self._pair_fn, query_features, gallery_features, *labels,
@@ -143,3 +218,11 @@ class Evaluator:
     if self.workdir:
       progress.append_jsonl(os.path.join(self.workdir, "eval_metrics.jsonl"), result)
     return result
+
+
+# The ``eval`` config keys: the Evaluator's options that a config sets (the
+# splits, batches, workdir and seed come from the run, not the section).
+EVAL_KEYS = tuple(
+    name for name, p in inspect.signature(Evaluator.__init__).parameters.items()
+    if p.kind == p.KEYWORD_ONLY
+    and name not in ("query", "gallery", "make_batches", "test_clips", "workdir", "seed"))

@@ -114,7 +114,12 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
     local_fn: a hashable pure function ``(row_args, shared, kernel_inputs, *,
       block) -> {"ranks": (b, M) int32, "nan": (b,) bool[, "dist": (b, G)]}``
       of one device's rows (see ``evaluate_features`` for an example).
-    row_args: pytree of host arrays with a leading query axis (Q, ...).
+    row_args: pytree of host arrays with a leading query axis (Q, ...), or
+      a function ``src -> pytree of jax.Arrays`` split over the mesh's
+      ``data`` axis, where ``src`` is the (tile,) int array of the global
+      query indices of a tile's rows (padding rows repeat a real query): the
+      caller then builds each tile's rows itself (``ranking.py`` computes
+      pair distances there, streaming gallery tiles from host memory).
     shared: pytree of arrays every device sees whole (gallery side).
     matches, labels: from ``metrics.prepare_matches``.
     mesh: mesh with a ``data`` axis; default: all devices.
@@ -159,8 +164,11 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
     rows = valid[lo:lo + tile]
     src = np.full(tile, rows[0])
     src[:rows.size] = rows
-    args = jax.tree.map(lambda x, s=src: put(np.asarray(x)[s], mesh,
-                                              row_spec), row_args)
+    if callable(row_args):
+      args = row_args(src)
+    else:
+      args = jax.tree.map(lambda x, s=src: put(np.asarray(x)[s], mesh,
+                                                row_spec), row_args)
     kin = metrics.kernel_inputs(rows, matches, tile, shards=devices)
     kin = {k: put(v, mesh, row_spec) for k, v in kin.items()}
     ss_rows = {}

@@ -74,6 +74,30 @@ def main():
       top_k=num_g, query_tile=16, mesh=mesh, max_rank=20)
   out["two_stage_full"] = diff(got, ref)
   out["mAP_pair"] = ref.mAP
+  # CUHK03 protocol, two-stage with K = G: the full pairwise ranking.
+  ref = metrics.evaluate_ranking(dist, *labels, max_rank=20, protocol="cuhk03",
+                                 num_repeats=3, seed=2)
+  got = ranking.evaluate_two_stage(
+      pooled_pair_distance, q_items, g_items, q_feat, g_feat, *labels,
+      top_k=num_g, query_tile=16, mesh=mesh, max_rank=20, protocol="cuhk03",
+      num_repeats=3, seed=2, pair_batch=3, transfer_chunk=5)
+  out["two_stage_cuhk03"] = diff(got, ref)
+  # "sum" with K < G and another first stage: a NumPy ranking by d1 + d2.
+  q_first = rng.integers(-2, 3, (num_q, 4)).astype(np.float32)
+  g_first = rng.integers(-2, 3, (num_g, 4)).astype(np.float32)
+  d1 = ((q_first[:, None] - g_first[None]) ** 2).sum(-1)
+  positions = np.empty((num_q, num_g))
+  for q in range(num_q):
+    order = np.argsort(d1[q], kind="stable")
+    top, rest = order[:20], order[20:]
+    top = top[np.lexsort((top, d1[q, top] + dist[q, top]))]
+    positions[q, np.concatenate([top, rest])] = np.arange(num_g)
+  ref = metrics.evaluate_ranking(positions, *labels, max_rank=20)
+  got = ranking.evaluate_two_stage(
+      pooled_pair_distance, q_items, g_items, q_first, g_first, *labels,
+      top_k=20, combine="sum", query_tile=16, mesh=mesh, max_rank=20,
+      pair_batch=3, transfer_chunk=5)
+  out["two_stage_sum"] = diff(got, ref)
   print(json.dumps(out))
 
 

@@ -92,10 +92,11 @@ def test_flip_average():
   images = rng.normal(size=(3, 4, 5, 3)).astype(np.float32)  # NHWC
   w = rng.normal(size=(4 * 5 * 3, 2)).astype(np.float32)
 
-  def embed(x):
+  def embed(inputs):
+    x = inputs["images"]
     return {"global": x.reshape(x.shape[0], -1) @ w, "first": x[:, 0, 0, :]}
 
-  out = features_lib.flip_average(embed)(jnp.asarray(images))
+  out = features_lib.flip_average(embed)({"images": jnp.asarray(images)})
   mirrored = images[:, :, ::-1, :]
   np.testing.assert_allclose(
       np.asarray(out["global"]),

@@ -86,6 +86,7 @@ def test_two_devices_subprocess():
       env={**os.environ, "JAX_PLATFORMS": "cpu"})
   result = json.loads(out.stdout.strip().splitlines()[-1])
   assert result["devices"] == 2
-  for key in ("features_market1501", "pair_matrix", "pair", "two_stage_full"):
+  for key in ("features_market1501", "pair_matrix", "pair", "two_stage_full",
+              "two_stage_cuhk03", "two_stage_sum"):
     assert result[key] <= 1e-6, (key, result)
   assert 0 < result["mAP_market1501"] < 1 and 0 < result["mAP_pair"] < 1

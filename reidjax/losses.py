@@ -1,19 +1,17 @@
-"""Losses shared by the papers.
+"""Losses shared by the papers (a paper's own losses live beside its layer).
 
 - ``batch_hard_triplet_loss``: Hermans, Beyer & Leibe, "In Defense of the
   Triplet Loss for Person Re-Identification" (2017), Eq. 5 (batch hard) and
   the soft-margin variant ln(1 + exp(x)) of Sec. 3. Used by the strong
-  baseline (Luo et al., "Bag of Tricks", 2019), DCANet, CACE-Net and FGRA.
+  baseline (Luo et al., "Bag of Tricks", 2019), DuATM (its Eq. 6, on the
+  matrix of ``reidjax.layers.DualAttention`` distances), DCANet, CACE-Net
+  and FGRA.
 - ``cross_entropy_with_label_smoothing``: softmax cross-entropy with the
   label-smoothing regulariser of Szegedy et al. (2016), q = (1 - eps) y + eps/N,
   as used by the BNNeck baseline ("Bag of Tricks", Eq. 2).
-- DuATM (Si et al., "Dual Attention Matching Network for Context-Aware
-  Feature Sequence based Person Re-Identification", CVPR 2018, Sec. 3.3):
-  ``decorrelation_loss`` (Eq. 7) and ``random_convex_combination`` (the
-  pooling of Eq. 8, whose cross-entropy is
-  ``cross_entropy_with_label_smoothing``). Its triplet loss (Eq. 6, margin
-  0.2, batch-hard over the P x V batch) is ``batch_hard_triplet_loss(None,
-  labels, margin=0.2, distances=DualAttention()(sequences, mask, train=True))``.
+- ``center_loss`` and ``center_optimizer``: the center loss of Wen et al.,
+  "A Discriminative Feature Learning Approach for Deep Face Recognition"
+  (ECCV 2016), as "Bag of Tricks" (Sec. 4.5, Eq. 6, weight 5e-4) trains it.
 
 All losses are means over the (global) batch, so under ``jax.jit`` with a
 batch sharded over devices they see every example of every device: the
@@ -22,8 +20,10 @@ hardest positive/negative is mined over the whole P x K batch.
 
 from __future__ import annotations
 
+import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 # Squared distances below this are treated as zero before the square root:
@@ -122,105 +122,95 @@ def cross_entropy_with_label_smoothing(
   return loss, {"accuracy": accuracy}
 
 
-def decorrelation_loss(sequences: jax.Array,
-                       mask: jax.Array | None = None) -> jax.Array:
-  """DuATM's de-correlation loss (Eq. 7), averaged over the batch.
+def center_loss(
+    features: jax.Array, labels: jax.Array, centers: jax.Array
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+  """Center loss, mean over the batch of ||f_j - c_{y_j}||^2.
 
-  Per sequence, with X the D x N matrix of its N valid feature vectors:
-  (1/N^2) ||I - X^T X||_F^2. Readings: N is the number of *valid* positions
-  (padding of variable-length video sequences is dropped from X, so it
-  neither adds rows/columns to X^T X nor counts in N); the loss is applied to
-  the sequence as the matching module receives it (L2-normalised vectors,
-  whose X^T X has a unit diagonal, so the loss penalises the cosines between
-  positions).
+  Wen et al. (2016, Eq. 2) and "Bag of Tricks" (Eq. 6) write
+  L_C = 1/2 sum_{j=1}^{B} ||f_j - c_{y_j}||_2^2. Reading: we follow the Bag
+  of Tricks authors' code instead (reid-strong-baseline,
+  layers/center_loss.py, read for this fact only): it takes the squared
+  distance of each sample to its own class centre and returns their *mean*
+  over the batch, without the 1/2, i.e. (1/B) sum_j ||f_j - c_{y_j}||^2 =
+  (2/B) x the written L_C. Its weight 5e-4 was tuned with that scale, so
+  ``loss.center_weight = 5e-4`` here means what it means there. (Their code
+  expands |f|^2 + |c|^2 - 2 f.c and clamps it to [1e-12, 1e12]; the direct
+  sum of squared differences below needs neither: it has no cancellation
+  and no square root.) BoT applies it to f_t, the feature before the BNNeck
+  (the triplet loss's input), with centres initialised N(0, 1).
 
-  Args:
-    sequences: (B, S, D) feature sequences.
-    mask: optional (B, S) bool, True at valid positions.
+  Gradients: dL/df_j = (2/B)(f_j - c_{y_j}) and
+  dL/dc_k = -(2/B) sum_{j: y_j = k} (f_j - c_k); centres of classes absent
+  from the batch get 0.
 
-  Returns:
-    Scalar loss.
-  """
-  sequences = sequences.astype(jnp.float32)
-  batch, length, _ = sequences.shape
-  if mask is None:
-    mask = jnp.ones((batch, length), bool)
-  mask = mask.astype(bool)
-  # where, not a product: padded entries may hold NaN or inf.
-  sequences = jnp.where(mask[:, :, None], sequences, 0.0)
-  gram = jnp.einsum("bsd,btd->bst", sequences, sequences,
-                    precision=jax.lax.Precision.HIGHEST)  # X^T X, (B, S, S)
-  pair_mask = mask[:, :, None] & mask[:, None, :]
-  identity = jnp.eye(length, dtype=jnp.float32)[None]
-  residual = jnp.where(pair_mask, identity - gram, 0.0)
-  num_valid = jnp.maximum(mask.sum(axis=1), 1).astype(jnp.float32)
-  per_sequence = jnp.sum(residual * residual, axis=(1, 2)) / num_valid ** 2
-  return per_sequence.mean()
-
-
-def random_convex_weights(key: jax.Array, mask: jax.Array, *,
-                          drop_probability: float = 0.2) -> jax.Array:
-  """Random convex-combination weights of DuATM's Eq. 8 augmentation.
-
-  Each valid position gets w_i ~ U[0, 1), reset to 0 with probability
-  ``drop_probability``; the weights are renormalised to sum to 1. Padded
-  positions get 0. Reading of the degenerate case: when every valid weight
-  of a sequence was reset (probability p^S), it falls back to uniform
-  weights over the valid positions, i.e. plain averaging, the test-time
-  pooling.
+  Updating the centres: BoT does not step them with the network's
+  optimizer. The total loss holds center_weight x L; after the backward
+  pass it divides the centres' gradient by center_weight (so the centres see
+  the gradient of the unweighted L) and steps them with a separate plain SGD
+  at lr 0.5 (no momentum, weight decay or schedule). ``center_optimizer``
+  is that update as one optax transformation, for the centres' leaf in an
+  ``optax.multi_transform``. The alternative, putting the centres in the
+  main optimizer (Adam 3.5e-4 with weight decay), moves each coordinate by
+  at most ~lr per step, so centres starting at N(0, 1) would lag the
+  features by thousands of steps, and the decay pulls them to 0.
 
   Args:
-    key: PRNG key.
-    mask: (B, S) bool, True at valid positions.
-    drop_probability: p, the probability of resetting a weight to 0.
+    features: (B, D) features f.
+    labels: (B,) integer classes in [0, C).
+    centers: (C, D) the learnable centres c (a model parameter).
 
   Returns:
-    (B, S) float32 weights, >= 0, summing to 1 over each row's valid entries.
+    (loss, metrics) with ``center_distance``, the mean ||f_j - c_{y_j}||_2.
+    A label outside [0, C) makes the loss NaN (under ``jax.jit`` values
+    cannot be checked; called eagerly it is a ValueError).
   """
-  if not 0.0 <= drop_probability <= 1.0:
-    raise ValueError("drop_probability must be in [0, 1], got "
-                     f"{drop_probability}.")
-  mask = mask.astype(bool)
-  uniform_key, drop_key = jax.random.split(key)
-  weights = jax.random.uniform(uniform_key, mask.shape, jnp.float32)
-  keep = jax.random.bernoulli(drop_key, 1.0 - drop_probability, mask.shape)
-  weights = jnp.where(keep & mask, weights, 0.0)
-  total = weights.sum(axis=1, keepdims=True)
-  average = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
-  degenerate = total <= 0.0
-  return jnp.where(degenerate, average,
-                   weights / jnp.where(degenerate, 1.0, total))
+  chex.assert_rank([features, labels, centers], [2, 1, 2])
+  chex.assert_equal_shape_prefix([features, labels], 1)
+  if features.shape[1] != centers.shape[1]:
+    raise ValueError(f"center_loss: features have dimension {features.shape[1]} "
+                     f"but centers {centers.shape[1]}; give one centre per class "
+                     "of the feature's dimension.")
+  num_classes = centers.shape[0]
+  if not isinstance(labels, jax.core.Tracer):
+    concrete = np.asarray(labels)
+    if concrete.size and (concrete.min() < 0 or concrete.max() >= num_classes):
+      raise ValueError(f"center_loss: labels must lie in [0, {num_classes}) "
+                       f"(one centre per class), got {concrete.min()}.."
+                       f"{concrete.max()}.")
+  in_range = (labels >= 0) & (labels < num_classes)
+  own_centers = jnp.take(centers.astype(jnp.float32),
+                         jnp.clip(labels, 0, num_classes - 1), axis=0)
+  own_centers = jnp.where(in_range[:, None], own_centers, jnp.nan)
+  squared = jnp.sum(jnp.square(features.astype(jnp.float32) - own_centers),
+                    axis=1)
+  loss = squared.mean()
+  distance = jnp.sqrt(jax.lax.stop_gradient(squared)).mean()
+  return loss, {"center_distance": distance}
 
 
-def random_convex_combination(key: jax.Array | None, features: jax.Array,
-                              mask: jax.Array | None = None, *,
-                              drop_probability: float = 0.2,
-                              deterministic: bool = False) -> jax.Array:
-  """z = sum_i w_i x_i with ``random_convex_weights`` (DuATM Eq. 8).
+def center_optimizer(center_weight: float,
+                     learning_rate: float = 0.5) -> optax.GradientTransformation:
+  """Bag of Tricks' update of the center-loss centres, as optax.
+
+  Given the centres' gradient of the *total* loss (which holds
+  ``center_weight`` x ``center_loss``), BoT rescales it by 1/center_weight
+  and takes a plain SGD step of ``learning_rate`` (0.5 in its recipe):
+  c <- c - (learning_rate / center_weight) g. One step moves centre k to
+  c_k + (learning_rate * 2 / B) sum_{j: y_j = k} (f_j - c_k), i.e. with
+  lr 0.5, K of the B samples of class k pull it K/B of the way to their
+  mean. Give it the centres' leaf in an ``optax.multi_transform`` (no
+  weight decay, momentum or learning-rate schedule on it).
 
   Args:
-    key: PRNG key (unused, may be None, when ``deterministic``).
-    features: (B, S, D) feature sequences.
-    mask: optional (B, S) bool, True at valid positions.
-    drop_probability: p of ``random_convex_weights``.
-    deterministic: plain average over the valid positions (test time).
-
-  Returns:
-    (B, D) pooled features, to feed the ID classifier.
+    center_weight: the center loss's weight in the total loss (> 0).
+    learning_rate: the centres' own SGD learning rate.
   """
-  features = features.astype(jnp.float32)
-  batch, length, _ = features.shape
-  if mask is None:
-    mask = jnp.ones((batch, length), bool)
-  mask = mask.astype(bool)
-  if deterministic:
-    weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
-  else:
-    if key is None:
-      raise ValueError("random_convex_combination needs a PRNG key unless "
-                       "deterministic=True.")
-    weights = random_convex_weights(key, mask,
-                                    drop_probability=drop_probability)
-  features = jnp.where(mask[:, :, None], features, 0.0)
-  return jnp.einsum("bs,bsd->bd", weights.astype(jnp.float32), features,
-                    precision=jax.lax.Precision.HIGHEST)
+  if not center_weight > 0:
+    raise ValueError(f"center_optimizer: center_weight must be > 0, got "
+                     f"{center_weight}; with no center loss leave the "
+                     "centres out of the model.")
+  if not learning_rate > 0:
+    raise ValueError(f"center_optimizer: learning_rate must be > 0, got "
+                     f"{learning_rate}.")
+  return optax.sgd(learning_rate / center_weight)

@@ -1,4 +1,4 @@
-"""Configs: every paper config takes every dataset; the DuATM recipe numbers."""
+"""Configs: every paper config takes every dataset; the DuATM and Bag-of-Tricks recipe numbers."""
 
 import pytest
 
@@ -44,3 +44,32 @@ def test_duatm_paper_recipe():
   assert float(schedule(0)) == pytest.approx(0.01)
   assert float(schedule(2499)) == pytest.approx(0.01)
   assert float(schedule(2500)) == pytest.approx(0.001)
+
+
+@pytest.mark.parametrize("dataset", ["market1501", "mars"])
+def test_baseline_bag_of_tricks_recipe(dataset):
+  """Luo et al. 2019, Sec. 3-4 (their reid-strong-baseline defaults)."""
+  c = baseline.get_config(dataset)
+  # ResNet-50 with the last stride 1; BNNeck, the BN feature at test time.
+  assert c.model.name == "baseline" and c.model.embed_feature == "bn"
+  assert c.model.backbone.name == "resnet50"
+  assert tuple(c.model.backbone.stage_sizes) == (3, 4, 6, 3)
+  assert c.model.backbone.width == 64 and c.model.backbone.last_stride == 1
+  # 256x128, P16 x K4, random erasing 0.5, padding 10 (then a random crop), flip.
+  assert (c.data.height, c.data.width) == (256, 128)
+  assert (c.data.num_identities, c.data.num_instances) == (16, 4)
+  assert c.data.random_erasing == 0.5 and c.data.pad == 10 and c.data.flip is True
+  # Label-smoothed CE (eps 0.1) + batch-hard triplet (margin 0.3), weights 1.
+  assert c.loss.label_smoothing == 0.1 and c.loss.triplet_margin == 0.3
+  assert (c.loss.ce_weight, c.loss.triplet_weight) == (1.0, 1.0)
+  # Adam 3.5e-4, weight decay 5e-4; 120 epochs, linear warm-up over 10 epochs
+  # from 0.01 x lr, x0.1 at epochs 40 and 70.
+  assert (c.optimizer.name, c.optimizer.lr, c.optimizer.weight_decay) == ("adam", 3.5e-4, 5e-4)
+  assert c.schedule.kind == "multistep" and c.schedule.epochs == 120
+  assert (c.schedule.warmup_epochs, c.schedule.warmup_factor) == (10, 0.01)
+  assert tuple(c.schedule.milestones) == (40, 70) and c.schedule.gamma == 0.1
+  steps = 10  # per epoch
+  schedule = optimizer.make_schedule(c.schedule, lr=c.optimizer.lr, steps_per_epoch=steps)
+  for epoch, lr in [(0, 3.5e-6), (5, 0.5 * (3.5e-6 + 3.5e-4)), (10, 3.5e-4), (39.9, 3.5e-4),
+                    (40, 3.5e-5), (69.9, 3.5e-5), (70, 3.5e-6), (119.9, 3.5e-6)]:
+    assert float(schedule(int(epoch * steps))) == pytest.approx(lr, rel=1e-5), epoch

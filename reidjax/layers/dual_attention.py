@@ -1,7 +1,8 @@
-"""DuATM's dual attention block and sequence distance.
+"""DuATM's dual attention block, sequence distance and its own losses.
 
 Si et al., "Dual Attention Matching Network for Context-Aware Feature
-Sequence based Person Re-Identification", CVPR 2018, Sec. 3.2:
+Sequence based Person Re-Identification", CVPR 2018, Sec. 3.2 (the block)
+and Sec. 3.3 (the losses that only DuATM uses):
 
 - Eq. 1, the transform layer: q_a^i = ReLU(BN(W x_a^i + b)), W a D x D
   matrix (q must have x's dimension D: it is dotted with x in Eq. 2).
@@ -11,6 +12,12 @@ Sequence based Person Re-Identification", CVPR 2018, Sec. 3.2:
 - Eq. 4-5, the distance: d_a^i = ||x_bar_a^i - x_hat_b^i||_2 and, with the
   roles of a and b swapped, d_b^j = ||x_bar_b^j - x_hat_a^j||_2;
     ||X_a - X_b||_M = 1/(2 S_a) sum_i d_a^i + 1/(2 S_b) sum_j d_b^j.
+- Eq. 7, ``decorrelation_loss``: (1/N^2) ||I - X^T X||_F^2 per sequence.
+- Eq. 8, ``random_convex_weights`` / ``random_convex_combination``: the
+  training-time pooling z = sum_i w_i x_i that feeds the ID classifier.
+- Eq. 6 (batch-hard triplet, margin 0.2, over the P x V batch) is the
+  shared ``reidjax.losses.batch_hard_triplet_loss(None, labels, margin=0.2,
+  distances=DualAttention()(sequences, mask, train=True))``.
 
 Readings of what the paper leaves open:
 
@@ -453,3 +460,110 @@ def attention_weights(items_a: SequenceItems, items_b: SequenceItems,
   return {"intra_a": intra_a, "inter_a": inter_a, "intra_b": intra_b,
           "inter_b": inter_b, "d_a": d_a, "d_b": d_b, "mask_a": a.mask,
           "mask_b": b.mask, "distance": distance}
+
+
+# Sec. 3.3: DuATM's own regulariser (Eq. 7) and pooling (Eq. 8).
+
+
+def decorrelation_loss(sequences: jax.Array,
+                       mask: jax.Array | None = None) -> jax.Array:
+  """DuATM's de-correlation loss (Eq. 7), averaged over the batch.
+
+  Per sequence, with X the D x N matrix of its N valid feature vectors:
+  (1/N^2) ||I - X^T X||_F^2. Readings: N is the number of *valid* positions
+  (padding of variable-length video sequences is dropped from X, so it
+  neither adds rows/columns to X^T X nor counts in N); the loss is applied to
+  the sequence as the matching module receives it (L2-normalised vectors,
+  whose X^T X has a unit diagonal, so the loss penalises the cosines between
+  positions).
+
+  Args:
+    sequences: (B, S, D) feature sequences.
+    mask: optional (B, S) bool, True at valid positions.
+
+  Returns:
+    Scalar loss.
+  """
+  sequences = sequences.astype(jnp.float32)
+  batch, length, _ = sequences.shape
+  if mask is None:
+    mask = jnp.ones((batch, length), bool)
+  mask = mask.astype(bool)
+  # where, not a product: padded entries may hold NaN or inf.
+  sequences = jnp.where(mask[:, :, None], sequences, 0.0)
+  gram = jnp.einsum("bsd,btd->bst", sequences, sequences,
+                    precision=jax.lax.Precision.HIGHEST)  # X^T X, (B, S, S)
+  pair_mask = mask[:, :, None] & mask[:, None, :]
+  identity = jnp.eye(length, dtype=jnp.float32)[None]
+  residual = jnp.where(pair_mask, identity - gram, 0.0)
+  num_valid = jnp.maximum(mask.sum(axis=1), 1).astype(jnp.float32)
+  per_sequence = jnp.sum(residual * residual, axis=(1, 2)) / num_valid ** 2
+  return per_sequence.mean()
+
+
+def random_convex_weights(key: jax.Array, mask: jax.Array, *,
+                          drop_probability: float = 0.2) -> jax.Array:
+  """Random convex-combination weights of DuATM's Eq. 8 augmentation.
+
+  Each valid position gets w_i ~ U[0, 1), reset to 0 with probability
+  ``drop_probability``; the weights are renormalised to sum to 1. Padded
+  positions get 0. Reading of the degenerate case: when every valid weight
+  of a sequence was reset (probability p^S), it falls back to uniform
+  weights over the valid positions, i.e. plain averaging, the test-time
+  pooling.
+
+  Args:
+    key: PRNG key.
+    mask: (B, S) bool, True at valid positions.
+    drop_probability: p, the probability of resetting a weight to 0.
+
+  Returns:
+    (B, S) float32 weights, >= 0, summing to 1 over each row's valid entries.
+  """
+  if not 0.0 <= drop_probability <= 1.0:
+    raise ValueError("drop_probability must be in [0, 1], got "
+                     f"{drop_probability}.")
+  mask = mask.astype(bool)
+  uniform_key, drop_key = jax.random.split(key)
+  weights = jax.random.uniform(uniform_key, mask.shape, jnp.float32)
+  keep = jax.random.bernoulli(drop_key, 1.0 - drop_probability, mask.shape)
+  weights = jnp.where(keep & mask, weights, 0.0)
+  total = weights.sum(axis=1, keepdims=True)
+  average = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+  degenerate = total <= 0.0
+  return jnp.where(degenerate, average,
+                   weights / jnp.where(degenerate, 1.0, total))
+
+
+def random_convex_combination(key: jax.Array | None, features: jax.Array,
+                              mask: jax.Array | None = None, *,
+                              drop_probability: float = 0.2,
+                              deterministic: bool = False) -> jax.Array:
+  """z = sum_i w_i x_i with ``random_convex_weights`` (DuATM Eq. 8).
+
+  Args:
+    key: PRNG key (unused, may be None, when ``deterministic``).
+    features: (B, S, D) feature sequences.
+    mask: optional (B, S) bool, True at valid positions.
+    drop_probability: p of ``random_convex_weights``.
+    deterministic: plain average over the valid positions (test time).
+
+  Returns:
+    (B, D) pooled features, to feed the ID classifier.
+  """
+  features = features.astype(jnp.float32)
+  batch, length, _ = features.shape
+  if mask is None:
+    mask = jnp.ones((batch, length), bool)
+  mask = mask.astype(bool)
+  if deterministic:
+    weights = mask / jnp.maximum(mask.sum(axis=1, keepdims=True), 1)
+  else:
+    if key is None:
+      raise ValueError("random_convex_combination needs a PRNG key unless "
+                       "deterministic=True.")
+    weights = random_convex_weights(key, mask,
+                                    drop_probability=drop_probability)
+  features = jnp.where(mask[:, :, None], features, 0.0)
+  return jnp.einsum("bs,bsd->bd", weights.astype(jnp.float32), features,
+                    precision=jax.lax.Precision.HIGHEST)

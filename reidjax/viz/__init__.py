@@ -1,4 +1,13 @@
-"""Reports and plots of evaluation results (PNG via matplotlib Agg / PIL)."""
+"""Reports and plots of evaluation results (PNG via matplotlib Agg / PIL).
+
+``report``: metrics JSON, CMC curves, ranked lists (every model).
+``duatm``: DuATM's attention maps over a pair (its Fig. 8); each paper's
+figure module is named after the paper and is also a command line
+(``python -m reidjax.viz.duatm``), so it is imported on first use here:
+importing it eagerly would load it twice under ``python -m``.
+"""
+
+import importlib
 
 from reidjax.viz.report import (
     cell_origin,
@@ -7,10 +16,12 @@ from reidjax.viz.report import (
     ranked_lists,
     write_metrics_json,
 )
-from reidjax.viz.attention import (
-    draw_pair_attention,
-    pair_attention_figure,
-)
+
+# Name -> the paper figure module that defines it.
+_PAPER_FIGURES = {
+    "draw_pair_attention": "reidjax.viz.duatm",
+    "pair_attention_figure": "reidjax.viz.duatm",
+}
 
 __all__ = [
     "cell_origin",
@@ -18,6 +29,11 @@ __all__ = [
     "ranked_list_image",
     "ranked_lists",
     "write_metrics_json",
-    "draw_pair_attention",
-    "pair_attention_figure",
+    *_PAPER_FIGURES,
 ]
+
+
+def __getattr__(name):
+  if name in _PAPER_FIGURES:
+    return getattr(importlib.import_module(_PAPER_FIGURES[name]), name)
+  raise AttributeError(f"module 'reidjax.viz' has no attribute {name!r}")

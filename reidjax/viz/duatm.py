@@ -6,7 +6,7 @@ refine x_a^i) and the inter-sequence weights softmax_n <q_a^i, x_b^n> (which
 positions of b form its aligned counterpart x_hat_b^i). The numbers come from
 ``reidjax.layers.dual_attention.attention_weights``.
 
-  python -m reidjax.viz.attention --workdir W --query q.jpg --gallery g.jpg \
+  python -m reidjax.viz.duatm --workdir W --query q.jpg --gallery g.jpg \
       --out pair.png
   (video models: --query f1.jpg f2.jpg ... --gallery ..., frames in order)
 
@@ -454,7 +454,7 @@ def _load_frames(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
 
 def main(argv: Sequence[str] | None = None) -> str:
   parser = argparse.ArgumentParser(
-      prog="python -m reidjax.viz.attention",
+      prog="python -m reidjax.viz.duatm",
       description="Draws a trained DuATM's intra / inter attention over a "
                   "query-gallery pair (the paper's Fig. 8) as a PNG.")
   parser.add_argument("--workdir", required=True,

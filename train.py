@@ -20,9 +20,8 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from reidjax.data import clips, datasets, pipeline, transforms
+from reidjax.data import clips, datasets, pipeline, sampler as sampler_lib, transforms
 from reidjax.data.index import VideoDataset
-from reidjax.data.sampler import IdentitySampler
 from reidjax.evaluate import runner
 from reidjax.models import build_model, get_objective
 from reidjax.train import checkpoint, optimizer, progress, sharding, state as state_lib, step as step_lib
@@ -46,7 +45,23 @@ class StopRequest:
     self.signum = signum
 
 
-def make_pipelines(cfg, dataset, readers, *, seed, start_step, process):
+def check_pretrained(config) -> None:
+  """Stops a real-dataset run that would start from random weights by accident."""
+  backbone = config.model.backbone
+  if (config.data.name in datasets.SYNTHETIC_WRITERS or backbone.get("pretrained", "")
+      or backbone.get("from_scratch", False)):
+    return
+  raise SystemExit(
+      f"model.backbone.pretrained is empty, so {config.model.backbone.name} would start "
+      f"from random weights on {config.data.name}, far from the paper's figures. Get the "
+      "torchvision ImageNet file (e.g. resnet50-0676ba61.pth or densenet121-a639ec97.pth "
+      "from torchvision's model zoo on a machine with internet), then pass "
+      "--config.model.backbone.pretrained=/path/to/file.pth (or convert it once with "
+      "`python -m reidjax.tools.convert_weights` and pass the .npz). To train from "
+      "scratch on purpose, add --config.model.backbone.from_scratch=True.")
+
+
+def make_pipelines(cfg, dataset, readers, *, train_sampler, seed, start_step, process):
   """The training stream, and the evaluator's batch maker and clip planner.
 
   Returns:
@@ -55,8 +70,7 @@ def make_pipelines(cfg, dataset, readers, *, seed, start_step, process):
   """
   augment = transforms.AugmentConfig(height=cfg.height, width=cfg.width, flip=cfg.flip,
                                      pad=cfg.pad, random_erasing=cfg.random_erasing)
-  sampling = dict(num_identities=cfg.num_identities, num_instances=cfg.num_instances,
-                  augment=augment, seed=seed, start_step=start_step,
+  sampling = dict(sampler=train_sampler, augment=augment, seed=seed, start_step=start_step,
                   reader=readers["train"], skip_corrupt=cfg.skip_corrupt, **process)
   evaluation = dict(batch_size=cfg.eval_batch_size, height=cfg.height, width=cfg.width,
                     **process)
@@ -81,6 +95,7 @@ def main(argv):
   del argv
   config, workdir = _CONFIG.value, _WORKDIR.value
   progress.quiet_library_logs()
+  check_pretrained(config)
   os.makedirs(workdir, exist_ok=True)
   stop = StopRequest()
   mesh = sharding.make_data_mesh()
@@ -96,8 +111,7 @@ def main(argv):
   with config.unlocked():
     config.model.num_classes = dataset.num_train_pids
   cfg_data = config.data
-  sampler = IdentitySampler(dataset.train.pids, cfg_data.num_identities,
-                            cfg_data.num_instances, config.seed, **process)
+  sampler = sampler_lib.make_sampler(cfg_data, dataset.train.pids, config.seed, **process)
   global_batch = sampler.global_batch_size
   sharding.check_batch_size(global_batch, mesh, "data.num_identities * data.num_instances")
   sharding.check_batch_size(cfg_data.eval_batch_size, mesh, "data.eval_batch_size")
@@ -108,9 +122,11 @@ def main(argv):
   model = build_model(config.model, config.model.num_classes)
   schedule = optimizer.make_schedule(config.schedule, lr=config.optimizer.lr,
                                      steps_per_epoch=steps_per_epoch)
-  tx = optimizer.make_optimizer(config.optimizer, schedule, steps_per_epoch=steps_per_epoch)
-  shape = state_lib.model_input_shape(cfg_data)
-  if config.optimizer.get("freeze_backbone_epochs", 0) and not config.model.backbone.pretrained:
+  tx = optimizer.make_optimizer(
+      config.optimizer, schedule, steps_per_epoch=steps_per_epoch,
+      center_weight=config.loss.center_weight if config.model.get("center_loss") else 0.0)
+  frozen_steps = optimizer.frozen_steps(config.optimizer, steps_per_epoch)
+  if frozen_steps and not config.model.backbone.pretrained:
     logging.warning("optimizer.freeze_backbone_epochs = %s with a randomly initialised "
                     "backbone: it stays random for that long. Set "
                     "model.backbone.pretrained to an ImageNet checkpoint, or set "
@@ -118,38 +134,40 @@ def main(argv):
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
                                  max_to_keep=config.train.keep_checkpoints)
   if ckpt.latest_step() is not None:
-    state = ckpt.restore(state_lib.abstract_train_state(model, tx, input_shape=shape,
+    state = ckpt.restore(state_lib.abstract_train_state(model, tx, data_config=cfg_data,
                                                         mesh=mesh))
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   else:
     state = state_lib.create_train_state(model, tx, seed=config.seed,
-                                         input_shape=shape, mesh=mesh,
+                                         data_config=cfg_data, mesh=mesh,
                                          backbone_config=config.model.backbone)
   start_step = int(state.step)
 
-  train_step = step_lib.make_train_step(get_objective(config.model.name), config.loss,
-                                        mesh, schedule)
+  make_step = functools.partial(step_lib.make_train_step, get_objective(config.model.name),
+                                config.loss, mesh, schedule, model=model)
+  train_step = make_step()
+  # While the backbone is frozen: no gradient through it, BatchNorm as configured.
+  frozen_step = (make_step(freeze_backbone=True,
+                           frozen_backbone_bn=config.optimizer.freeze_backbone_bn)
+                 if frozen_steps > start_step else None)
   batches, make_batches, test_clips = make_pipelines(
-      cfg_data, dataset, readers, seed=config.seed, start_step=start_step, process=process)
-  evaluator = runner.Evaluator(
-      model, mesh, query=dataset.query, gallery=dataset.gallery, make_batches=make_batches,
-      test_clips=test_clips, clip_pooling=config.eval.get("clip_pooling", "mean"),
-      metric=config.eval.metric, max_rank=config.eval.max_rank, workdir=workdir,
-      flip=config.eval.flip, normalize=config.eval.normalize, protocol=config.eval.protocol,
-      num_repeats=config.eval.num_repeats, seed=config.seed,
-      camera_filter=config.eval.camera_filter, streaming=config.eval.streaming,
-      rerank_top_k=config.eval.get("rerank_top_k", 0) or None)
+      cfg_data, dataset, readers, train_sampler=sampler, seed=config.seed,
+      start_step=start_step, process=process)
+  evaluator = runner.Evaluator.from_config(
+      config.eval, model, mesh, query=dataset.query, gallery=dataset.gallery,
+      make_batches=make_batches, test_clips=test_clips, workdir=workdir, seed=config.seed)
   logger = progress.ProgressLogger(workdir, total_steps=total_steps, start_step=start_step,
                                    global_batch_size=global_batch,
                                    every_steps=config.train.log_every_steps)
-  logging.info("Training %s: %d epochs x %d steps, global batch %d on %d device(s).",
-               config.model.name, config.schedule.epochs, steps_per_epoch, global_batch,
-               mesh.size)
+  logging.info("Training %s: %d epochs x %d steps (an epoch: %s), global batch %d on %d "
+               "device(s).", config.model.name, config.schedule.epochs, steps_per_epoch,
+               cfg_data.epoch, global_batch, mesh.size)
 
   # The loop: data -> train step -> checkpoint -> (periodic) evaluation.
   eval_every = config.train.eval_every_epochs * steps_per_epoch
   for step in range(start_step + 1, total_steps + 1):
-    state, metrics = train_step(state, sharding.to_global_batch(next(batches), mesh))
+    run_step = frozen_step if step <= frozen_steps else train_step
+    state, metrics = run_step(state, sharding.to_global_batch(next(batches), mesh))
     logger.update(step, metrics)
     ckpt.save(step, state, config)
     if stop.signum is not None:

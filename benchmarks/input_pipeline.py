@@ -4,7 +4,8 @@ Writes a temporary Market-1501-sized training set (751 ids x 17 = 12,767
 128x64 JPEGs by default) and a MARS-like set of tracklets (128x64 JPEG
 frames), then times:
 
-  image: ``pipeline.train_batches``, P16 x K4, augmented 256x128 batches
+  image: ``pipeline.train_batches``, P16 x K4 (``data.epoch = "images"``
+    sampler), augmented 256x128 batches
     (flip, pad 10 + crop, random erasing 0.5) -> images/s;
   video: ``pipeline.train_clip_batches``, P8 x K4 tracklets, 8-frame clips
     ("random" strategy), same augmentation -> frames/s (and clips/s).
@@ -38,6 +39,7 @@ import time
 import numpy as np
 
 from reidjax.data import pipeline, synthetic
+from reidjax.data.sampler import build_sampler
 from reidjax.data.index import ImageSplit, VideoSplit
 from reidjax.data.transforms import AugmentConfig
 
@@ -139,9 +141,12 @@ def main(argv=None) -> None:
     if args.mode in ("both", "image"):
       split = make_image_split(os.path.join(root, "images"), pool,
                                args.num_ids, args.images_per_id)
-      batches = pipeline.train_batches(
-          split, num_identities=args.num_identities,
-          num_instances=args.num_instances, augment=augment, seed=0)
+      sampler = build_sampler(
+          split.pids, kind="pk", epoch="images",
+          num_identities=args.num_identities,
+          num_instances=args.num_instances, seed=0)
+      batches = pipeline.train_batches(split, sampler=sampler,
+                                       augment=augment, seed=0)
       seconds, cpu = _time(batches, args.steps, args.warmup)
       del batches  # Stop its prefetching before the files go.
       images = args.steps * args.num_identities * args.num_instances
@@ -154,9 +159,12 @@ def main(argv=None) -> None:
     if args.mode in ("both", "video"):
       split = make_video_split(os.path.join(root, "video"), pool,
                                args.tracklets, args.frames_per_tracklet)
+      sampler = build_sampler(
+          split.pids, kind="pk", epoch="images",
+          num_identities=args.video_identities,
+          num_instances=args.video_instances, seed=0)
       batches = pipeline.train_clip_batches(
-          split, num_identities=args.video_identities,
-          num_instances=args.video_instances, clip_length=args.clip_length,
+          split, sampler=sampler, clip_length=args.clip_length,
           strategy="random", augment=augment, seed=0)
       seconds, cpu = _time(batches, args.steps, args.warmup)
       del batches

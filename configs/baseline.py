@@ -12,7 +12,9 @@ Arguments: any dataset of ``configs/common.py``.
               4-frame clips, frame features averaged over time.
   <dataset>   The BoT recipe: ResNet-50 (last stride 1), 256x128, P16 x K4,
               Adam 3.5e-4 with 10 warm-up epochs, x0.1 at 40 and 70, 120 epochs,
-              label smoothing 0.1, triplet margin 0.3, random erasing 0.5.
+              label smoothing 0.1, triplet margin 0.3, random erasing 0.5;
+              an epoch is about one pass over the training images.
+              Center loss (weight 5e-4): --config.model.center_loss=True.
               Video sets: the same per frame, features averaged over the
               frames of a clip and over the clips of a tracklet.
 """
@@ -33,6 +35,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.model.num_classes = -1  # Filled from the training split.
   c.model.dtype = "float32"  # "bfloat16" on GPUs.
   c.model.embed_feature = "bn"
+  c.model.center_loss = False  # BoT's optional center loss (weight loss.center_weight)
   c.model.video = c.data.get_ref("video")
   c.model.backbone = ml_collections.ConfigDict()
   c.model.backbone.name = "resnet50"
@@ -40,19 +43,25 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.model.backbone.width = 64
   c.model.backbone.last_stride = 1
   # A torchvision ImageNet state_dict (.pth) or its converted .npz
-  # (python -m reidjax.tools.convert_weights); empty: random init.
+  # (python -m reidjax.tools.convert_weights). Empty on a real dataset stops
+  # train.py unless from_scratch=True.
   c.model.backbone.pretrained = ""
+  c.model.backbone.from_scratch = False
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.1
   c.loss.triplet_margin = 0.3  # None: soft margin.
   c.loss.ce_weight = 1.0
   c.loss.triplet_weight = 1.0
+  c.loss.center_weight = 5e-4  # used when model.center_loss
 
   c.optimizer = ml_collections.ConfigDict()
   c.optimizer.name = "adam"
   c.optimizer.lr = 3.5e-4
   c.optimizer.weight_decay = 5e-4
+  c.optimizer.center_lr = 0.5  # the center loss's centres: their own SGD (BoT)
+  c.optimizer.freeze_backbone_epochs = 0
+  c.optimizer.freeze_backbone_bn = "eval"  # frozen backbone's BatchNorm: "eval" | "train"
 
   c.schedule = ml_collections.ConfigDict()
   c.schedule.kind = "multistep"
@@ -79,10 +88,11 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.data.synthetic = ml_collections.ConfigDict(dict(
         num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
         num_distractors=150, num_junk=50, seed=0))
-    # 300 ids / P16 = 18 steps an epoch: 2340 steps, ~6 min on 2 CPU cores.
-    c.schedule.epochs = 130
-    c.schedule.warmup_epochs = 5
-    c.schedule.milestones = (90, 115)
+    # 4800 train images / (P16 x K4) = 75 steps an epoch: 2325 steps, ~6 min
+    # on 2 CPU cores.
+    c.schedule.epochs = 31
+    c.schedule.warmup_epochs = 1
+    c.schedule.milestones = (22, 28)
   if arg == "synthetic_video":
     # reidjax.data.synthetic_video.write_synthetic_mars arguments (its defaults).
     c.data.synthetic = ml_collections.ConfigDict(dict(seed=0))

@@ -5,7 +5,9 @@
   dist = embedder.distance(query_features, gallery_features)   # (Q, G)
   order = np.argsort(dist, axis=1)         # each query's gallery ranking
 
-Video models take clips, (N, T, H, W, 3). Pair models (DuATM) return a dict
+Video models take clips, (N, T, H, W, 3). A model that declares more input
+fields than ``images`` gets them as keyword arguments of ``embed``, e.g.
+``embed(images, camids=camids)``. Pair models (DuATM) return a dict
 of per-item arrays from ``embed``; ``distance`` then runs the model's
 ``pair_distance`` in tiles. The checkpoint carries the run's config, so
 nothing but the workdir is needed; it restores onto whatever devices this
@@ -25,7 +27,7 @@ from reidjax import imagenet
 from reidjax.evaluate import distance, features, ranking
 from reidjax.models import build_model, interface
 from reidjax.train import checkpoint, sharding
-from reidjax.train.state import model_input_shape
+from reidjax.train.state import abstract_variables
 
 
 def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:
@@ -71,30 +73,33 @@ class ReidEmbedder:
     config = ckpt.restore_config(step)
     mesh = sharding.make_data_mesh()
     model = build_model(config.model, config.model.num_classes)
-    dummy = jnp.zeros((1, *model_input_shape(config.data)), jnp.float32)
-    shapes = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), dummy))
-    replicated = sharding.replicated(mesh)
-    abstract = jax.tree.map(
-        lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-        {"params": shapes["params"], "batch_stats": shapes.get("batch_stats", {})})
-    variables = ckpt.restore_variables(abstract, step)
+    variables = ckpt.restore_variables(abstract_variables(model, config.data, mesh), step)
     ckpt.close()
     return cls(model, variables, config, mesh)
 
-  def embed(self, images: np.ndarray, batch_size: int = 64) -> Any:
+  def embed(self, images: np.ndarray, batch_size: int = 64, **fields: np.ndarray) -> Any:
     """Images (N, H, W, 3) or clips (N, T, H, W, 3), uint8 RGB or normalised
-    float -> (N, D) features (pair models: a dict of (N, ...) arrays)."""
+    float -> (N, D) features (pair models: a dict of (N, ...) arrays).
+
+    ``fields``: the model's other input fields, (N, ...) each.
+    """
     height, width = self.config.data.height, self.config.data.width
+    inputs = interface.select_inputs(self.model, {"images": images, **fields})
+    for name, value in inputs.items():
+      if len(value) != len(images):
+        raise ValueError(f"embed: {len(images)} images but {len(value)} {name}.")
     devices = self.mesh.size
     batch_size = -(-batch_size // devices) * devices
     out = []
     for start in range(0, len(images), batch_size):
-      chunk = normalize_images(images[start:start + batch_size], height, width)
-      n = chunk.shape[0]
+      chunk = {k: np.asarray(v[start:start + batch_size]) for k, v in inputs.items()}
+      chunk["images"] = normalize_images(chunk["images"], height, width)
+      n = len(chunk["images"])
       pad = -n % devices  # The batch axis is split over devices.
-      chunk = jnp.pad(chunk, ((0, pad),) + ((0, 0),) * (chunk.ndim - 1))
+      chunk = {k: np.asarray(jnp.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)))
+               for k, v in chunk.items()}
       out.append(jax.tree.map(lambda f, n=n: np.asarray(f)[:n],
-                              self._embed(self.variables, np.asarray(chunk))))
+                              self._embed(self.variables, chunk)))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
 
   def distance(self, query_features: Any, gallery_features: Any) -> np.ndarray:

@@ -1,6 +1,6 @@
 """DuATM: the Dual ATtention Matching network (Si et al., CVPR 2018).
 
-``../shared/papers/duatm.md``; the reading we take is in ``NOTES.md``.
+Equations -> code -> tests, and every reading we take: ``docs/papers/duatm.md``.
 
 Feature sequence extraction (Sec. 3.1, Fig. 3):
 
@@ -35,6 +35,9 @@ Readings where the paper is silent:
 - Video sequences are full length: clips are sampled with circular
   padding, so no position is masked. The (B, S) mask is still carried to
   the matcher and the losses, which handle padded positions.
+- Flip test-time augmentation averages the un-normalised sequences of an
+  image and of its mirror (the mirror's map columns put back in place,
+  ``features(..., mirrored=True)``), then normalises and prepares once.
 - The "global" vector that a two-stage ranking sorts by first is the plain
   mean of the sequence x (the test-time pooling of Eq. 8), L2-normalised.
 - Ablations (Table 1-2) are ``matching``: ``"full"`` (Eq. 1-5), ``"intra"``
@@ -54,7 +57,8 @@ import jax.numpy as jnp
 import ml_collections
 
 from reidjax import losses
-from reidjax.layers.dual_attention import DualAttention, SequenceItems
+from reidjax.layers.dual_attention import (DualAttention, SequenceItems, decorrelation_loss,
+                                           random_convex_combination)
 from reidjax.models import interface
 
 # model.matching -> (intra, inter) switches of the dual attention block.
@@ -91,6 +95,7 @@ class DuATM(nn.Module):
   classifier_bn: bool = True
 
   kind: ClassVar[str] = interface.PAIR
+  input_fields: ClassVar[tuple[str, ...]] = ("images",)
 
   def setup(self):
     if self.matching not in MATCHING:
@@ -113,29 +118,34 @@ class DuATM(nn.Module):
                                kernel_init=nn.initializers.normal(1e-3),
                                name="classifier")
 
-  def sequence(self, images: jax.Array, train: bool = False):
-    """Images (B, H, W, 3) or clips (B, T, H, W, 3) -> (x (B, S, D), mask (B, S))."""
-    if self.video:
+  def _raw_sequence(self, images: jax.Array, train: bool, mirrored: bool = False):
+    """Images (B, H, W, 3) or clips (B, T, H, W, 3) -> (B, S, D) before the L2
+    normalisation; ``mirrored``: put a flipped image's map columns back."""
+    if self.video:  # A clip's frames are in time order whether mirrored or not.
       chex.assert_rank(images, 5)
       batch, length = images.shape[:2]
       maps = self.backbone(images.reshape((-1,) + images.shape[2:]),
                            train=train)[self.feature_key]
       frames = jnp.mean(maps.astype(jnp.float32), axis=(1, 2))
-      x = self.temporal(frames.reshape(batch, length, -1))
-    else:
-      chex.assert_rank(images, 4)
-      maps = self.backbone(images, train=train)[self.feature_key]
-      batch, h, w, c = maps.shape
-      x = self.project(maps.astype(jnp.float32).reshape(batch, h * w, c))
-    x = _l2_normalize(x.astype(jnp.float32))
+      return self.temporal(frames.reshape(batch, length, -1)).astype(jnp.float32)
+    chex.assert_rank(images, 4)
+    maps = self.backbone(images, train=train)[self.feature_key]
+    if mirrored:
+      maps = maps[:, :, ::-1, :]
+    batch, h, w, c = maps.shape
+    return self.project(maps.astype(jnp.float32).reshape(batch, h * w, c))
+
+  def sequence(self, images: jax.Array, train: bool = False):
+    """Images (B, H, W, 3) or clips (B, T, H, W, 3) -> (x (B, S, D), mask (B, S))."""
+    x = _l2_normalize(self._raw_sequence(images, train))
     return x, jnp.ones(x.shape[:2], bool)
 
-  def __call__(self, images: jax.Array, train: bool = False) -> dict[str, Any]:
+  def __call__(self, inputs: dict[str, jax.Array], train: bool = False) -> dict[str, Any]:
     """Training outputs: distances (B, B), sequence (B, S, D), mask (B, S),
     pooled (B, D) (Eq. 8's z; the plain mean when not training), logits (B, N)."""
-    x, mask = self.sequence(images, train)
+    x, mask = self.sequence(inputs["images"], train)
     distances = self.matcher(x, mask, train=train)
-    pooled = losses.random_convex_combination(
+    pooled = random_convex_combination(
         self.make_rng("dropout") if train else None, x, mask,
         drop_probability=self.corruption_probability, deterministic=not train)
     if self.classifier_bn:
@@ -145,17 +155,28 @@ class DuATM(nn.Module):
     return {"distances": distances, "sequence": x, "mask": mask,
             "pooled": pooled, "logits": self.classifier(pooled_for_id)}
 
-  def embed(self, images: jax.Array) -> dict[str, jax.Array]:
+  def features(self, inputs: dict[str, jax.Array],
+               mirrored: bool = False) -> dict[str, jax.Array]:
+    """{"sequence": (B, S, D)}: the sequence before its L2 normalisation, which
+    test-time augmentations may average (``mirrored``: flipped inputs)."""
+    return {"sequence": self._raw_sequence(inputs["images"], False, mirrored)}
+
+  def prepare(self, features: dict[str, jax.Array]) -> dict[str, jax.Array]:
     """Per-item quantities for ``pair_distance``, plus "global" (B, D).
 
     The dict holds the ``SequenceItems`` fields (computed once per item:
     the transform filters and the intra-refined sequence) and the
     normalised mean of the sequence for a first-stage ranking.
     """
-    x, mask = self.sequence(images, train=False)
+    x = _l2_normalize(features["sequence"])
+    mask = jnp.ones(x.shape[:2], bool)
     items = self.matcher.prepare(x, mask, train=False)
-    mean = losses.random_convex_combination(None, x, mask, deterministic=True)
+    mean = random_convex_combination(None, x, mask, deterministic=True)
     return {**items._asdict(), "global": _l2_normalize(mean)}
+
+  def embed(self, inputs: dict[str, jax.Array]) -> dict[str, jax.Array]:
+    """``prepare(features(inputs))``: the per-item dict of a tile of items."""
+    return self.prepare(self.features(inputs))
 
   def pair_distance(self, items_a: dict[str, jax.Array],
                     items_b: dict[str, jax.Array]) -> jax.Array:
@@ -181,7 +202,7 @@ def duatm_objective(outputs: dict[str, Any], batch: dict[str, jax.Array],
   pids = batch["pids"]
   triplet, triplet_metrics = losses.batch_hard_triplet_loss(
       None, pids, margin=config.triplet_margin, distances=outputs["distances"])
-  decorrelation = losses.decorrelation_loss(outputs["sequence"], outputs["mask"])
+  decorrelation = decorrelation_loss(outputs["sequence"], outputs["mask"])
   ce, ce_metrics = losses.cross_entropy_with_label_smoothing(
       outputs["logits"], pids, label_smoothing=config.get("label_smoothing", 0.0))
   total = (config.get("triplet_weight", 1.0) * triplet

@@ -16,18 +16,29 @@ top-level ``backbone`` scope get zero updates, no weight decay and no
 momentum for that many epochs (``optax.transforms.conditionally_mask``
 passes the inner state through unchanged), then the same optimizer as the
 rest. Their inner schedule is shifted by the frozen steps so that every
-parameter follows the one global learning-rate schedule.
+parameter follows the one global learning-rate schedule. In that phase the
+train step also runs the backbone in inference mode and computes no
+gradient through it (``reidjax.train.step``).
+
+Center-loss centres (the ``centers`` scope, ``center_weight > 0``) are
+stepped as Bag of Tricks steps them: their own plain SGD
+(``losses.center_optimizer``), outside the main optimizer.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 import jax
 import ml_collections
 import optax
 
+from reidjax import losses
+
 BACKBONE_SCOPE = "backbone"
+# The baseline's center-loss centres (``StrongBaseline`` with center_loss=True).
+CENTERS_SCOPE = "centers"
 
 
 def make_schedule(config: ml_collections.ConfigDict, *, lr: float,
@@ -74,25 +85,51 @@ def _base_optimizer(config: ml_collections.ConfigDict,
                    f"{config.name!r}.")
 
 
-def _backbone_labels(params: Any) -> dict[str, Any]:
-  return {k: jax.tree.map(lambda _, k=k: "backbone" if k == BACKBONE_SCOPE else "head", v)
-          for k, v in params.items()}
+def _labels(params: Any, *, freeze: bool, centers: bool) -> dict[str, Any]:
+  """Top-level scope -> optimizer label: "backbone" (frozen phase), "centers"
+  (the center loss's own update) or "head" (everything else)."""
+
+  def label(key):
+    if centers and key == CENTERS_SCOPE:
+      return "centers"
+    return "backbone" if freeze and key == BACKBONE_SCOPE else "head"
+
+  return {k: jax.tree.map(lambda _, lab=label(k): lab, v) for k, v in params.items()}
+
+
+def frozen_steps(config: ml_collections.ConfigDict, steps_per_epoch: int) -> int:
+  """Steps of the frozen-backbone phase (``optimizer.freeze_backbone_epochs``)."""
+  return int(round(config.get("freeze_backbone_epochs", 0) * steps_per_epoch))
 
 
 def make_optimizer(config: ml_collections.ConfigDict, schedule: optax.Schedule, *,
-                   steps_per_epoch: int | None = None) -> optax.GradientTransformation:
-  """``config``: the ``optimizer`` section (name, weight_decay, momentum,
-  freeze_backbone_epochs ...); ``steps_per_epoch`` is needed to freeze."""
-  freeze_epochs = config.get("freeze_backbone_epochs", 0)
-  if not freeze_epochs:
-    return _base_optimizer(config, schedule)
-  if not steps_per_epoch:
-    raise ValueError("optimizer.freeze_backbone_epochs needs steps_per_epoch.")
-  frozen_steps = int(round(freeze_epochs * steps_per_epoch))
-  shifted = lambda count: schedule(count + frozen_steps)
-  backbone = optax.transforms.conditionally_mask(
-      _base_optimizer(config, shifted),
-      should_transform_fn=lambda count: count >= frozen_steps)
+                   steps_per_epoch: int | None = None,
+                   center_weight: float = 0.0) -> optax.GradientTransformation:
+  """The optimizer of every parameter.
+
+  Args:
+    config: the ``optimizer`` section (name, weight_decay, momentum,
+      freeze_backbone_epochs, center_lr ...).
+    schedule: step -> learning rate.
+    steps_per_epoch: needed to freeze the backbone.
+    center_weight: the center loss's weight when the model has centres (the
+      ``centers`` scope): they get Bag of Tricks' own SGD step
+      (``losses.center_optimizer`` with ``optimizer.center_lr``), no weight
+      decay, momentum or schedule. 0: no centres.
+  """
+  transforms = {"head": _base_optimizer(config, schedule)}
+  freeze = bool(config.get("freeze_backbone_epochs", 0))
+  if freeze:
+    if not steps_per_epoch:
+      raise ValueError("optimizer.freeze_backbone_epochs needs steps_per_epoch.")
+    num_frozen = frozen_steps(config, steps_per_epoch)
+    shifted = lambda count: schedule(count + num_frozen)
+    transforms["backbone"] = optax.transforms.conditionally_mask(
+        _base_optimizer(config, shifted),
+        should_transform_fn=lambda count: count >= num_frozen)
+  if center_weight:
+    transforms["centers"] = losses.center_optimizer(center_weight, config.center_lr)
+  if len(transforms) == 1:
+    return transforms["head"]
   return optax.multi_transform(
-      {"backbone": backbone, "head": _base_optimizer(config, schedule)},
-      _backbone_labels)
+      transforms, functools.partial(_labels, freeze=freeze, centers=bool(center_weight)))

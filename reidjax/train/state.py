@@ -12,6 +12,7 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from reidjax.backbones import torchvision_import
+from reidjax.models import interface
 from reidjax.train import sharding
 
 
@@ -26,32 +27,44 @@ class TrainState(train_state.TrainState):
   rng: jax.Array
 
 
-def model_input_shape(data_config: Any) -> tuple[int, ...]:
-  """The ``data`` config section -> (H, W, 3), or (T, H, W, 3) for video clips."""
-  frame = (data_config.height, data_config.width, 3)
-  if data_config.get("video", False):
-    return (data_config.clip_length,) + frame
-  return frame
+def init_variables(model: nn.Module, key: jax.Array, data_config: Any) -> dict[str, Any]:
+  """``{"params", "batch_stats"}`` of ``model`` for the inputs the ``data``
+  section describes (one example item of every declared input field)."""
+  inputs = jax.tree.map(jnp.asarray, interface.example_inputs(model, data_config))
+  variables = model.init({"params": key, "dropout": key}, inputs, train=False)
+  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
+
+
+def abstract_variables(model: nn.Module, data_config: Any, mesh: Mesh) -> dict[str, Any]:
+  """Shapes, dtypes and replicated shardings of ``init_variables``, no compute:
+  the restore target of the variables of a checkpoint."""
+  shapes = jax.eval_shape(
+      lambda: init_variables(model, jax.random.PRNGKey(0), data_config))
+  return _replicated_structs(shapes, mesh)
+
+
+def _replicated_structs(shapes: Any, mesh: Mesh) -> Any:
+  replicated = sharding.replicated(mesh)
+  return jax.tree.map(
+      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
-             input_shape: tuple[int, ...]):
+             data_config: Any):
   """A zero-argument function that builds the initial ``TrainState``."""
 
   def init() -> TrainState:
     init_key, step_key = jax.random.split(jax.random.PRNGKey(seed))
-    dummy = jnp.zeros((1, *input_shape), jnp.float32)
-    variables = model.init({"params": init_key, "dropout": init_key}, dummy,
-                           train=False)
+    variables = init_variables(model, init_key, data_config)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
-                             batch_stats=variables.get("batch_stats", {}),
+                             batch_stats=variables["batch_stats"],
                              tx=tx, rng=step_key)
 
   return init
 
 
 def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
-                       seed: int, input_shape: tuple[int, ...], mesh: Mesh,
+                       seed: int, data_config: Any, mesh: Mesh,
                        backbone_config: Any = None) -> TrainState:
   """Initialises a ``TrainState`` replicated over ``mesh``.
 
@@ -59,14 +72,15 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
     model: the Flax module.
     tx: the optimizer.
     seed: initialisation seed (also seeds the per-step RNG).
-    input_shape: (H, W, C) of one input image (or (T, H, W, C) for clips).
+    data_config: the ``data`` section: the shapes of the model's input fields
+      (``interface.input_specs``).
     mesh: the device mesh.
     backbone_config: the ``model.backbone`` section; when its ``pretrained``
       names a torchvision ``.pth`` / converted ``.npz`` file, the backbone
       (submodule ``backbone``) starts from those weights.
   """
   replicated = sharding.replicated(mesh)
-  state = jax.jit(_init_fn(model, tx, seed, input_shape), out_shardings=replicated)()
+  state = jax.jit(_init_fn(model, tx, seed, data_config), out_shardings=replicated)()
   if backbone_config is not None and backbone_config.get("pretrained", ""):
     variables = torchvision_import.apply_pretrained(
         {"params": state.params, "batch_stats": state.batch_stats},
@@ -79,14 +93,10 @@ def create_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
 
 
 def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
-                         input_shape: tuple[int, ...], mesh: Mesh) -> TrainState:
+                         data_config: Any, mesh: Mesh) -> TrainState:
   """Shapes, dtypes and (replicated) shardings of the state, without compute.
 
   The restore target of a checkpoint: a checkpoint written on any number of
   devices restores onto this mesh.
   """
-  shapes = jax.eval_shape(_init_fn(model, tx, 0, input_shape))
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated),
-      shapes)
+  return _replicated_structs(jax.eval_shape(_init_fn(model, tx, 0, data_config)), mesh)

@@ -33,8 +33,10 @@ def main():
   mesh = sharding.make_data_mesh()
   tx = optimizer.make_optimizer(ml_collections.ConfigDict(dict(
       name="sgd", momentum=0.9, weight_decay=5e-4)), 0.05)
-  state = state_lib.create_train_state(model, tx, seed=0, input_shape=(32, 16, 3), mesh=mesh)
-  train_step = step_lib.make_train_step(get_objective("baseline"), loss_config, mesh)
+  data = ml_collections.ConfigDict(dict(height=32, width=16, video=False))
+  state = state_lib.create_train_state(model, tx, seed=0, data_config=data, mesh=mesh)
+  train_step = step_lib.make_train_step(get_objective("baseline"), loss_config, mesh,
+                                        model=model)
   rng = np.random.default_rng(0)
   losses = []
   for _ in range(args.steps):

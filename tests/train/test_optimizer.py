@@ -81,3 +81,17 @@ def test_freezing_needs_steps_per_epoch():
   c = ml_collections.ConfigDict(dict(name="sgd", freeze_backbone_epochs=1))
   with pytest.raises(ValueError, match="steps_per_epoch"):
     optimizer.make_optimizer(c, 0.1)
+
+
+def test_center_loss_centres_get_their_own_sgd_step():
+  config = ml_collections.ConfigDict(dict(name="adam", weight_decay=5e-4, center_lr=0.5))
+  tx = optimizer.make_optimizer(config, optax.constant_schedule(1e-3), center_weight=5e-4)
+  params = {"classifier": {"kernel": np.ones((2, 3), np.float32)},
+            "centers": {"centers": np.full((3, 2), 2.0, np.float32)}}
+  grads = {"classifier": {"kernel": np.full((2, 3), 0.1, np.float32)},
+           "centers": {"centers": np.full((3, 2), 1e-4, np.float32)}}
+  updates, _ = tx.update(grads, tx.init(params), params)
+  # Centres: c <- c - (0.5 / 5e-4) g, no weight decay, no Adam normalisation.
+  np.testing.assert_allclose(updates["centers"]["centers"], -(0.5 / 5e-4) * 1e-4, rtol=1e-6)
+  # Everything else: Adam's first step, -lr * sign(g + wd * w).
+  np.testing.assert_allclose(updates["classifier"]["kernel"], -1e-3, rtol=1e-4)

@@ -24,7 +24,8 @@ def test_pretrained_backbone_replaces_only_the_backbone(tmp_path):
   model = build_model(config, num_classes=7)
   tx = optimizer.make_optimizer(ml_collections.ConfigDict(dict(name="adam")), 1e-3)
   mesh = sharding.make_data_mesh()
-  kwargs = dict(seed=3, input_shape=(64, 32, 3), mesh=mesh)
+  data = ml_collections.ConfigDict(dict(height=64, width=32, video=False))
+  kwargs = dict(seed=3, data_config=data, mesh=mesh)
   state = state_lib.create_train_state(model, tx, backbone_config=config.backbone, **kwargs)
   fresh = state_lib.create_train_state(model, tx, **kwargs)
 

@@ -84,19 +84,14 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.train.checkpoint_every_steps = 500
     c.train.eval_every_epochs = 0
   if arg == "synthetic":
-    # reidjax.data.synthetic.write_synthetic_market arguments.
-    c.data.synthetic = ml_collections.ConfigDict(dict(
-        num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
-        num_distractors=150, num_junk=50, seed=0))
     # 4800 train images / (P16 x K4) = 75 steps an epoch: 2325 steps, ~6 min
     # on 2 CPU cores.
     c.schedule.epochs = 31
     c.schedule.warmup_epochs = 1
     c.schedule.milestones = (22, 28)
   if arg == "synthetic_video":
-    # reidjax.data.synthetic_video.write_synthetic_mars arguments (its defaults).
-    c.data.synthetic = ml_collections.ConfigDict(dict(seed=0))
-    c.schedule.epochs = 60
-    c.schedule.warmup_epochs = 3
-    c.schedule.milestones = (40, 52)
+    # 300 ids x 1 group of K = 4 tracklets / P16 = 18 steps an epoch: 540 steps.
+    c.schedule.epochs = 30
+    c.schedule.warmup_epochs = 2
+    c.schedule.milestones = (20, 26)
   return c

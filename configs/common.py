@@ -26,6 +26,18 @@ from reidjax.data.datasets import SYNTHETIC_WRITERS
 from reidjax.data.layouts import DATASETS, IMAGE_DATASETS, VIDEO_DATASETS, default_options  # noqa: F401
 
 
+# The generated sets, shared by every paper's quick start (one set per root:
+# the writers refuse to overwrite a set written with other arguments).
+# reidjax.data.synthetic.write_synthetic_market arguments: 300 train ids.
+SYNTHETIC_MARKET = dict(num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
+                        num_distractors=150, num_junk=50, seed=0)
+# reidjax.data.synthetic_video.write_synthetic_mars arguments: 300 train ids
+# with 4-6 tracklets each (a tracklet holds one view of a person, so the
+# number of tracklets, not frames, is what a model learns from), 64 x 32.
+SYNTHETIC_MARS = dict(num_train_ids=300, num_test_ids=100, tracklets_per_id=(4, 6),
+                      height=64, width=32, seed=0)
+
+
 def check_dataset(name: str, config_file: str, extra: tuple[str, ...] = ()) -> None:
   if name not in DATASETS + extra:
     raise ValueError(f"{config_file} takes ':<dataset>' with a dataset in "
@@ -40,6 +52,9 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   d.root = ml_collections.FieldReference(default_root, field_type=str)
   # The parser's options with its defaults, e.g. split_index, include_val.
   d.options = ml_collections.ConfigDict(default_options(name))
+  if name in ("synthetic", "synthetic_video"):
+    d.synthetic = ml_collections.ConfigDict(
+        SYNTHETIC_MARKET if name == "synthetic" else SYNTHETIC_MARS)
   d.source = "folder"  # or "tfds": a dataset prepared by reidjax.data.tfds_builders
   d.tfds_data_dir = ""  # "": TFDS's default (~/tensorflow_datasets)
   d.skip_corrupt = False  # True: skip (and count, and log) unreadable images

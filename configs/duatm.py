@@ -124,9 +124,6 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   if arg == "synthetic":
     c.data.height, c.data.width = 128, 64  # a 4 x 2 Block-4 map: S = 8
     c.data.pad = 8
-    c.data.synthetic = ml_collections.ConfigDict(dict(
-        num_train_ids=300, num_test_ids=100, num_cameras=6, images_per_id=16,
-        num_distractors=150, num_junk=50, seed=0))
     c.schedule.epochs = 25  # 4800 images / (P10 x K4) = 120 steps an epoch
     c.schedule.milestones = (20,)
   if arg == "synthetic_video":
@@ -134,12 +131,6 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
     c.data.pad = 4
     c.data.clip_length = 6
     c.data.test_clip_length = 16
-    # reidjax.data.synthetic_video.write_synthetic_mars arguments: 300 train
-    # ids with 4-6 tracklets each (a tracklet holds one view of a person, so
-    # the number of tracklets, not frames, is what the model learns from).
-    c.data.synthetic = ml_collections.ConfigDict(dict(
-        num_train_ids=300, num_test_ids=100, tracklets_per_id=(4, 6),
-        height=64, width=32, seed=0))
     # 1,203 of the 1,496 tracklets fill whole K = 3 groups: 57 steps an epoch.
     c.schedule.epochs = 74
     c.schedule.milestones = (63,)

@@ -73,3 +73,50 @@ def test_baseline_bag_of_tricks_recipe(dataset):
   for epoch, lr in [(0, 3.5e-6), (5, 0.5 * (3.5e-6 + 3.5e-4)), (10, 3.5e-4), (39.9, 3.5e-4),
                     (40, 3.5e-5), (69.9, 3.5e-5), (70, 3.5e-6), (119.9, 3.5e-6)]:
     assert float(schedule(int(epoch * steps))) == pytest.approx(lr, rel=1e-5), epoch
+
+
+@pytest.mark.parametrize("dataset", common.DATASETS)
+def test_dcanet_paper_recipe(dataset):
+  """Hu, Zhou, Huang 2021, Sec. 4.2, on every dataset; the quick starts' own sets."""
+  from configs import dcanet  # pylint: disable=g-import-not-at-top
+  c = dcanet.get_config(dataset)
+  video = dataset in common.VIDEO_DATASETS
+  assert c.data.name == dataset and c.model.video == c.data.video == video
+  assert c.model.name == "dcanet" and c.model.backbone.name == "resnet50"
+  assert c.loss.discriminant_weight == 0.5
+  assert (c.loss.ce_weight, c.loss.triplet_weight) == (1.0, 1.0)
+  assert c.model.alignment == "stack" and c.model.attention == "both"
+  if dataset.startswith("synthetic"):
+    # The baseline's quick start plus the DCAM: K = 4 divides the 4-row stage-3 map.
+    assert (c.data.height, c.data.width) == (64, 32)
+    assert tuple(c.model.backbone.stage_sizes) == (1, 1, 1, 1) and c.model.backbone.width == 16
+    assert c.model.num_blocks == 4 and tuple(c.model.dcam_stages) == (3,)
+    if dataset == "synthetic":
+      assert (c.schedule.epochs, tuple(c.schedule.milestones)) == (31, (22, 28))
+    else:
+      assert c.data.root == "data/synthetic_mars"  # the shared set (common.py)
+      assert c.data.synthetic.num_train_ids == 300
+      assert tuple(c.data.synthetic.tracklets_per_id) == (4, 6)
+    return
+  # ResNet-50 (last stride 1), one DCAM after stage 3 with K = 8.
+  assert tuple(c.model.backbone.stage_sizes) == (3, 4, 6, 3) and c.model.backbone.last_stride == 1
+  assert tuple(c.model.dcam_stages) == (3,) and c.model.num_blocks == 8
+  # P = 8 x K = 4, 256 x 128, flips only.
+  assert (c.data.num_identities, c.data.num_instances) == (8, 4)
+  assert (c.data.height, c.data.width) == (256, 128)
+  assert c.data.flip is True and c.data.random_erasing == 0.0 and c.data.pad == 0
+  if video:  # 4 frames 8 apart to train; every frame (1-frame clips, stride 1) to test.
+    assert (c.data.clip_length, c.data.train_clip_strategy, c.data.clip_stride) == (4, "stride", 8)
+    assert (c.data.test_clip_length, c.data.test_clip_strategy, c.data.test_clip_stride) == (
+        1, "all", 1)
+    assert c.eval.clip_pooling == "mean"
+  # Adam 3e-4, weight decay 5e-4, x0.1 every 60 epochs, 130 epochs, no warm-up.
+  assert (c.optimizer.name, c.optimizer.lr, c.optimizer.weight_decay) == ("adam", 3e-4, 5e-4)
+  assert c.schedule.epochs == 130 and c.schedule.warmup_epochs == 0
+  schedule = optimizer.make_schedule(c.schedule, lr=c.optimizer.lr, steps_per_epoch=10)
+  for epoch, lr in [(0, 3e-4), (59.9, 3e-4), (60, 3e-5), (119.9, 3e-5), (120, 3e-6),
+                    (129.9, 3e-6)]:
+    assert float(schedule(int(epoch * 10))) == pytest.approx(lr, rel=1e-5), epoch
+  assert c.model.backbone.pretrained == "" and c.model.backbone.from_scratch is False
+  with pytest.raises(ValueError, match="market1501"):
+    dcanet.get_config("market")

@@ -105,7 +105,11 @@ class StrongBaseline(nn.Module):
   def __call__(self, inputs: dict[str, jax.Array], train: bool = False) -> dict[str, Any]:
     """inputs["images"] (B, H, W, 3) or clips (B, T, H, W, 3) -> features (B, C),
     embeddings (B, C), logits (B, N) (and centers (N, C) with the center loss)."""
-    features = self.pooled(inputs, train)
+    return self.head(self.pooled(inputs, train), train)
+
+  def head(self, features: jax.Array, train: bool) -> dict[str, Any]:
+    """f_t (B, C) -> the training outputs: features, embeddings (after the
+    BNNeck), logits (and the centres with the center loss)."""
     embeddings = self.neck(features, use_running_average=not train)
     outputs = {"features": features, "embeddings": embeddings,
                "logits": self.classifier(embeddings)}

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from reidjax.backbones import build_backbone, last_feature_map
-from reidjax.models import baseline, duatm, interface
+from reidjax.models import baseline, dcanet, duatm, interface
 
 Objective = Callable[[dict[str, Any], dict[str, jax.Array], ml_collections.ConfigDict],
                      tuple[Any, dict[str, Any]]]
@@ -42,6 +42,7 @@ class ModelEntry:
 MODELS: dict[str, ModelEntry] = {
     "baseline": ModelEntry(baseline.StrongBaseline, baseline.baseline_objective),
     "duatm": ModelEntry(duatm.DuATM, duatm.duatm_objective),
+    "dcanet": ModelEntry(dcanet.DCANet, dcanet.dcanet_objective),
 }
 
 

@@ -1,7 +1,8 @@
 """Reports and plots of evaluation results (PNG via matplotlib Agg / PIL).
 
 ``report``: metrics JSON, CMC curves, ranked lists (every model).
-``duatm``: DuATM's attention maps over a pair (its Fig. 8); each paper's
+``duatm``: DuATM's attention maps over a pair (its Fig. 8); ``dcanet``:
+DCANet's K spatial attention maps of one image (its Fig. 3). Each paper's
 figure module is named after the paper and is also a command line
 (``python -m reidjax.viz.duatm``), so it is imported on first use here:
 importing it eagerly would load it twice under ``python -m``.
@@ -21,6 +22,8 @@ from reidjax.viz.report import (
 _PAPER_FIGURES = {
     "draw_pair_attention": "reidjax.viz.duatm",
     "pair_attention_figure": "reidjax.viz.duatm",
+    "draw_attention_maps": "reidjax.viz.dcanet",
+    "attention_maps_figure": "reidjax.viz.dcanet",
 }
 
 __all__ = [

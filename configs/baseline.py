@@ -37,16 +37,7 @@ def get_config(arg: str = "synthetic") -> ml_collections.ConfigDict:
   c.model.embed_feature = "bn"
   c.model.center_loss = False  # BoT's optional center loss (weight loss.center_weight)
   c.model.video = c.data.get_ref("video")
-  c.model.backbone = ml_collections.ConfigDict()
-  c.model.backbone.name = "resnet50"
-  c.model.backbone.stage_sizes = (3, 4, 6, 3)
-  c.model.backbone.width = 64
-  c.model.backbone.last_stride = 1
-  # A torchvision ImageNet state_dict (.pth) or its converted .npz
-  # (python -m reidjax.tools.convert_weights). Empty on a real dataset stops
-  # train.py unless from_scratch=True.
-  c.model.backbone.pretrained = ""
-  c.model.backbone.from_scratch = False
+  c.model.backbone = common.resnet50_backbone()
 
   c.loss = ml_collections.ConfigDict()
   c.loss.label_smoothing = 0.1

@@ -82,6 +82,21 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   return d
 
 
+def resnet50_backbone() -> ml_collections.ConfigDict:
+  """The ``model.backbone`` section of the ResNet-50 papers (last stride 1)."""
+  b = ml_collections.ConfigDict()
+  b.name = "resnet50"
+  b.stage_sizes = (3, 4, 6, 3)
+  b.width = 64
+  b.last_stride = 1
+  # A torchvision ImageNet state_dict (.pth) or its converted .npz
+  # (python -m reidjax.tools.convert_weights). Empty on a real dataset stops
+  # train.py unless from_scratch=True.
+  b.pretrained = ""
+  b.from_scratch = False
+  return b
+
+
 def train_config() -> ml_collections.ConfigDict:
   t = ml_collections.ConfigDict()
   t.log_every_steps = 50

@@ -63,14 +63,23 @@ class ReidEmbedder:
     self._pair_fn = lambda v, a, b: model.apply(v, a, b, method="pair_distance")
 
   @classmethod
-  def from_workdir(cls, workdir: str, step: int | None = None) -> "ReidEmbedder":
-    """Restores the checkpoint at ``step`` (default: latest) of ``workdir``."""
+  def from_workdir(cls, workdir: str, step: int | None = None, *,
+                   model_name: str | None = None) -> "ReidEmbedder":
+    """Restores the checkpoint at ``step`` (default: latest) of ``workdir``.
+
+    ``model_name``: the ``model.name`` the caller needs (e.g. a paper's figure);
+    a workdir of another model is a ValueError naming both.
+    """
     ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1)
     if ckpt.latest_step() is None:
       raise FileNotFoundError(
           f"No checkpoint under {ckpt.directory!r}; train first with "
           f"`python train.py --config ... --workdir {workdir}`.")
     config = ckpt.restore_config(step)
+    if model_name is not None and config.model.name != model_name:
+      ckpt.close()
+      raise ValueError(f"{workdir!r} holds a {config.model.name!r} model; this needs "
+                       f"model.name {model_name!r}.")
     mesh = sharding.make_data_mesh()
     model = build_model(config.model, config.model.num_classes)
     variables = ckpt.restore_variables(abstract_variables(model, config.data, mesh), step)

@@ -130,6 +130,11 @@ def test_restore_api_embeds_like_the_evaluator(tmp_path, data_root):
   images = np.stack([np.asarray(Image.open(p).convert("RGB")) for p in query.paths[:5]])
   raw = embedder.embed(images, batch_size=4)
   np.testing.assert_allclose(embedder.embed(images[2:3]), raw[2:3], rtol=1e-4, atol=1e-5)
+  # A paper's figure asks for its own model: another workdir is a clear error.
+  from reidjax.inference import ReidEmbedder
+  with pytest.raises(ValueError, match="holds a 'baseline' model; this needs model.name "
+                     "'duatm'"):
+    ReidEmbedder.from_workdir(str(workdir), model_name="duatm")
 
 
 def test_a_model_with_a_second_input_field_trains_evaluates_and_restores(tmp_path, data_root):

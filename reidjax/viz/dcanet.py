@@ -213,11 +213,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   args = parser.parse_args(argv)
   # pylint: disable-next=g-import-not-at-top
   from reidjax.inference import ReidEmbedder
-  embedder = ReidEmbedder.from_workdir(args.workdir, args.step)
+  embedder = ReidEmbedder.from_workdir(args.workdir, args.step, model_name="dcanet")
   config = embedder.config
-  if config.model.name != "dcanet":
-    raise ValueError(f"{args.workdir!r} holds a {config.model.name!r} model; the "
-                     "attention maps need a DCANet (model.name 'dcanet').")
   size = (config.data.height, config.data.width)
   attention_maps_figure(embedder.model, embedder.variables, _load_image(args.image, size),
                         args.out, stage=args.stage, size=size, columns=args.columns)

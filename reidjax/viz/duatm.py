@@ -472,11 +472,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   args = parser.parse_args(argv)
   # pylint: disable-next=g-import-not-at-top
   from reidjax.inference import ReidEmbedder
-  embedder = ReidEmbedder.from_workdir(args.workdir, args.step)
+  embedder = ReidEmbedder.from_workdir(args.workdir, args.step, model_name="duatm")
   config = embedder.config
-  if config.model.name != "duatm":
-    raise ValueError(f"{args.workdir!r} holds a {config.model.name!r} model; "
-                     "attention maps need a DuATM (model.name 'duatm').")
   size = (config.data.height, config.data.width)
   video = bool(config.model.get("video", False))
   images = []

@@ -100,6 +100,17 @@ class Sampler(abc.ABC):
     self.local_batch_size = global_batch_size // process_count
     return pids
 
+  def _epoch_permutations(self, tag: int, size: int):
+    """``epoch -> permutation of range(size)`` from a generator seeded by
+    (seed, tag, epoch). Consecutive steps share an epoch, so the last few are
+    cached (``lru_cache`` is thread-safe: pipeline threads may share it)."""
+
+    @functools.lru_cache(_CACHED_EPOCHS)
+    def permutation(epoch: int) -> np.ndarray:
+      return np.random.default_rng([self.seed, tag, epoch]).permutation(size)
+
+    return permutation
+
   def _check_step(self, step: int) -> None:
     if step < 0:
       raise ValueError(f"step must be >= 0, got {step}.")
@@ -210,18 +221,11 @@ class IdentitySampler(Sampler):
     self.num_identities = num_identities
     self.num_instances = num_instances
     self.steps_per_epoch = self.num_ids // num_identities
-    # Consecutive steps share an epoch: cache its permutation (lru_cache is
-    # thread-safe, so pipeline threads may share the sampler).
-    self._epoch_permutation = functools.lru_cache(_CACHED_EPOCHS)(
-        self._make_epoch_permutation)
+    self._epoch_permutation = self._epoch_permutations(_TAG_IDENTITY_ORDER, self.num_ids)
 
   @property
   def num_ids(self) -> int:
     return len(self._members)
-
-  def _make_epoch_permutation(self, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([self.seed, _TAG_IDENTITY_ORDER, epoch])
-    return rng.permutation(self.num_ids)
 
   def global_batch(self, step: int) -> np.ndarray:
     """Returns (P*K,) int64 dataset indices of the global batch at ``step``."""
@@ -408,12 +412,7 @@ class RandomSampler(Sampler):
       raise ValueError(f"{batch_name} exceeds the {self.num_items} items of "
                        f"the training split.")
     self.steps_per_epoch = self.num_items // batch_size
-    self._epoch_permutation = functools.lru_cache(_CACHED_EPOCHS)(
-        self._make_epoch_permutation)
-
-  def _make_epoch_permutation(self, epoch: int) -> np.ndarray:
-    rng = np.random.default_rng([self.seed, _TAG_RANDOM_EPOCH, epoch])
-    return rng.permutation(self.num_items)
+    self._epoch_permutation = self._epoch_permutations(_TAG_RANDOM_EPOCH, self.num_items)
 
   def global_batch(self, step: int) -> np.ndarray:
     """Returns (B,) int64 dataset indices of the global batch at ``step``."""

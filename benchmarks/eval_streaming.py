@@ -20,6 +20,7 @@ builds the (Q, G) matrix; the script reports
 Prints one JSON object.
 
   python benchmarks/eval_streaming.py [--num_query 11659] [--dim 2048]
+      [--query_subset N]
 """
 
 from __future__ import annotations
@@ -78,12 +79,19 @@ def main():
   parser.add_argument("--metric", default="euclidean")
   parser.add_argument("--query_tile", type=int, default=None)
   parser.add_argument("--check_queries", type=int, default=64)
+  parser.add_argument("--query_subset", type=int, default=0,
+                      help="evaluate only this many queries spread over the "
+                      "split (labels drawn at full size; quick runs)")
   args = parser.parse_args()
   load_start = os.getloadavg()[0]
 
   labels = make_labels(args.seed, args.num_query, args.num_gallery,
                        args.num_ids, args.num_cams)
   rng = np.random.default_rng(args.seed + 1)
+  if args.query_subset:
+    keep = np.linspace(0, args.num_query - 1, args.query_subset).astype(int)
+    labels = (labels[0][keep], labels[1], labels[2][keep], labels[3])
+    args.num_query = args.query_subset
   q = rng.standard_normal((args.num_query, args.dim), np.float32)
   g = rng.standard_normal((args.num_gallery, args.dim), np.float32)
   devices = jax.device_count()

@@ -13,7 +13,9 @@ dataset named by its argument:
 written there on first use). iLIDS-VID and PRID-2011 take
 ``data.options.split_index`` (0-9); MSMT17 takes ``data.options.include_val``
 (False: train on list_train only, 30,248 images; True: list_train +
-list_val, 32,621 images).
+list_val, 32,621 images). CUHK03 takes ``data.options.split`` ("767/700", or
+"classic": the first of cuhk-03.mat's 20 1,367/100 splits, ``classic_split``
+picks another; evaluate it with ``eval.protocol = "cuhk03"``).
 
 The dataset names come from the layout registry (`reidjax.data.layouts`),
 which imports no TensorFlow.
@@ -68,6 +70,9 @@ def data_config(name: str) -> ml_collections.ConfigDict:
   d.epoch = "images"
   d.flip = True
   d.pad = 10
+  # "pad": zero-pad by data.pad and random-crop back to (H, W); "enlarge": resize
+  # to (1 + 1/8) x (H, W) and random-crop (H, W) (FGRA's recipe).
+  d.crop = "pad"
   d.random_erasing = 0.5
   d.eval_batch_size = 128
   if d.video:
@@ -80,6 +85,38 @@ def data_config(name: str) -> ml_collections.ConfigDict:
     d.test_clip_stride = 4
     d.eval_batch_size = 16  # clips
   return d
+
+
+def parts_config() -> ml_collections.ConfigDict:
+  """The ``data.parts`` section: body-part boxes (Attention-Driven ReID, Eq. 1-2).
+
+  A model that declares the input field "parts" gets the crops of the part
+  boxes R1..R4 and, as "images", the whole-body crop R0 (reidjax.data.part_boxes);
+  keypoints come from one JSON file per split (reidjax.data.keypoints).
+  """
+  p = ml_collections.ConfigDict()
+  p.source = "pose"  # or "stripes": four fixed horizontal stripes (Table 6 baseline)
+  p.height, p.width = 96, 192  # part crops (the paper's 96x192; whole body 384x192)
+  # Overlap of neighbouring boxes as a fraction of the body height H: 3H/48 is
+  # Table 11's best; the text's H/10 is 0.1.
+  p.beta = 3 / 48
+  # The joint sets P0..P4 (COCO-18 names; NOTES.md's reading of the garbled text).
+  p.joint_sets = ml_collections.ConfigDict(dict(
+      whole="all",
+      head=("nose", "right_eye", "left_eye", "right_ear", "left_ear"),
+      upper_body=("neck", "right_shoulder", "left_shoulder", "right_elbow",
+                  "left_elbow", "right_wrist", "left_wrist"),
+      upper_legs=("right_hip", "left_hip", "right_knee", "left_knee"),
+      lower_legs=("right_knee", "left_knee", "right_ankle", "left_ankle")))
+  # Joints below this confidence are filled from the canonical poses.
+  p.min_confidence = 0.1
+  # Folder of train.json / query.json / gallery.json; "" = <data.root>/keypoints
+  # (the synthetic sets write theirs there).
+  p.keypoints_dir = ""
+  # Images of a split without keypoints: "error", or "warn" (they get the
+  # stripes). Keypoints of images not in the split are only logged.
+  p.unmatched = "error"
+  return p
 
 
 def resnet50_backbone() -> ml_collections.ConfigDict:
@@ -123,4 +160,18 @@ def eval_config(name: str) -> ml_collections.ConfigDict:
   # Two-stage: the top K ordered by the pair distance ("replace") or by the sum
   # of both stages' distances ("sum", as CACE-Net ranks).
   e.rerank_combine = "replace"
+  # Embedding models: k-reciprocal re-ranking (Zhong et al. 2017; k1, k2,
+  # lambda); "auto": dense where 24 (Q+G)^2 bytes fit in half the free memory,
+  # else the sparse streamed path ("dense" / "sparse" force one).
+  e.rerank = False
+  e.rerank_k1 = 20
+  e.rerank_k2 = 6
+  e.rerank_lambda = 0.3
+  e.rerank_method = "auto"
+  # Query expansion: "none", "average" or "alpha" (weights cos^alpha) over the
+  # top-k gallery items.
+  e.query_expansion = "none"
+  e.query_expansion_top_k = 10
+  e.query_expansion_alpha = 3.0
+  e.verification = False  # TPR at FPR 1e-4, 1e-3, 1e-2 over all pairs
   return e

@@ -85,8 +85,9 @@ def distance_fn(q, g, *, metric: str, normalize: bool = False,
   return prepared_distance(prep(q), prep(g), metric=metric)
 
 
-_prepare = jax.jit(prepare_features,
-                   static_argnames=("metric", "normalize", "eps"))
+prepare_features_jit = jax.jit(prepare_features,
+                               static_argnames=("metric", "normalize", "eps"))
+_prepare = prepare_features_jit
 _prepared_distance = jax.jit(prepared_distance, static_argnames=("metric",))
 compute_squared_norms = jax.jit(squared_norms)
 

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from reidjax.evaluate.metrics import RankingMetrics
+from reidjax.evaluate.protocols import RankingMetrics
 
 
 def _as_arrays(distmat, query_pids, gallery_pids, query_camids, gallery_camids):

@@ -27,7 +27,7 @@ S)}``, the output of the model's ``embed``).
   ``"replace"`` this is the full pairwise ranking. The final list is written
   as a (b, G) row of positions (top K: 0..K-1 by score; the rest: their
   first-stage positions K..G-1) and ranked by the counting kernel of
-  ``metrics.py``, so both protocols (Market-1501 and CUHK03 single-shot) rank
+  ``counting.py``, so both protocols (Market-1501 and CUHK03 single-shot) rank
   the final list exactly.
 
 Gallery items stay in host memory; devices receive them in tiles:
@@ -80,7 +80,7 @@ items), the padded last gallery tile (<= 255 MiB; two-stage: one chunk per
 device, 63 MiB). About 34.6 GiB in all.
 
 Removed items (same pid, same camera) and skipped queries follow
-``metrics.py``.
+``protocols.py``.
 """
 
 from __future__ import annotations
@@ -95,7 +95,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reidjax.evaluate import distance, metrics, streaming
+from reidjax.evaluate import counting, distance, protocols, streaming
 from reidjax.train import sharding
 
 PairFn = Callable[..., jax.Array]
@@ -262,7 +262,7 @@ def _buffer_local_fn(num_gallery: int) -> streaming.LocalFn:
   def local_fn(row_args, shared, kin, *, block):
     del shared
     dist = lax.optimization_barrier(row_args["dist"][:, :num_gallery])
-    return dict(ranks=metrics.match_ranks_kernel(dist, **kin, block=block),
+    return dict(ranks=counting.match_ranks_kernel(dist, **kin, block=block),
                 nan=jnp.isnan(dist).any(axis=1), dist=dist)
 
   return local_fn
@@ -322,7 +322,7 @@ def evaluate_pair_model(pair_fn: PairFn, query_items: Any, gallery_items: Any,
                         mesh: Mesh | None = None, max_rank: int = 50,
                         protocol: str = "market1501", num_repeats: int = 10,
                         seed: int = 0, camera_filter: bool = True,
-                        params: Any = None) -> metrics.RankingMetrics:
+                        params: Any = None) -> protocols.RankingMetrics:
   """Metrics of the full pairwise ranking, gallery streamed (see module doc).
 
   Args:
@@ -343,15 +343,15 @@ def evaluate_pair_model(pair_fn: PairFn, query_items: Any, gallery_items: Any,
       argument; replicated on the mesh. New values reuse the compiled step.
 
   Returns:
-    ``metrics.RankingMetrics``.
+    ``protocols.RankingMetrics``.
   """
   query_items, gallery_items = _host(query_items), _host(gallery_items)
   num_q = _num_items(query_items, "query_items")
   num_g = _num_items(gallery_items, "gallery_items")
-  matches, labels = metrics.prepare_matches(
+  matches, labels = protocols.prepare_matches(
       num_q, num_g, query_pids, gallery_pids, query_camids, gallery_camids,
       camera_filter=camera_filter, what="the items give Q x G")
-  metrics.check_options(max_rank, query_tile, protocol, num_repeats)
+  protocols.check_options(max_rank, query_tile, protocol, num_repeats)
   mesh, params = _mesh_and_params(mesh, params)
   stream = GalleryStream(gallery_items, gallery_tile or default_gallery_tile(
       item_bytes(gallery_items)), mesh)
@@ -548,7 +548,7 @@ def two_stage_local_fn(combine: str) -> streaming.LocalFn:
         lax.broadcasted_iota(jnp.float32, (num_b, top_k), 1))
     final = lax.optimization_barrier(final)
     nan = row_args["nan"] | jnp.isnan(score).any(axis=1)
-    return dict(ranks=metrics.match_ranks_kernel(final, **kin, block=block),
+    return dict(ranks=counting.match_ranks_kernel(final, **kin, block=block),
                 nan=nan, dist=final)
 
   return local_fn
@@ -567,7 +567,7 @@ def evaluate_two_stage(pair_fn: PairFn, query_items: Any, gallery_items: Any,
                        seed: int = 0, camera_filter: bool = True,
                        params: Any = None,
                        stats: dict[str, int] | None = None
-                       ) -> metrics.RankingMetrics:
+                       ) -> protocols.RankingMetrics:
   """Embedding ranking, then pair re-ranking of each query's top K (module doc).
 
   Args:
@@ -594,7 +594,7 @@ def evaluate_two_stage(pair_fn: PairFn, query_items: Any, gallery_items: Any,
       devices for the second stage.
 
   Returns:
-    ``metrics.RankingMetrics`` of the final list.
+    ``protocols.RankingMetrics`` of the final list.
   """
   distance.check_metric(metric)
   if combine not in COMBINE:
@@ -618,10 +618,10 @@ def evaluate_two_stage(pair_fn: PairFn, query_items: Any, gallery_items: Any,
   if num_g >= _MAX_GALLERY:
     raise ValueError(f"Two-stage ranking handles fewer than {_MAX_GALLERY} "
                      f"gallery items, got {num_g}.")
-  matches, labels = metrics.prepare_matches(
+  matches, labels = protocols.prepare_matches(
       num_q, num_g, query_pids, gallery_pids, query_camids, gallery_camids,
       camera_filter=camera_filter, what="the items give Q x G")
-  metrics.check_options(max_rank, query_tile, protocol, num_repeats)
+  protocols.check_options(max_rank, query_tile, protocol, num_repeats)
   mesh, params = _mesh_and_params(mesh, params)
   top_k = int(min(top_k, num_g))
   size = max(1, item_bytes(gallery_items))

@@ -28,6 +28,7 @@ transpose are dense, about ``memory_bytes(P)`` = 24 P^2 bytes at peak
 and raises ``MemoryError`` with the numbers when it exceeds the memory
 available to the backend (or when P > ``max_items``). Time: the Jaccard step
 is Q x P x S (S = the largest support of an expanded V row, a few hundred).
+``rerank_sparse`` is the same re-ranking in memory linear in P (MSMT17).
 """
 
 from __future__ import annotations
@@ -86,6 +87,16 @@ def check_fits(num_items: int, max_items: int | None = None) -> None:
         f"needs ~{need / 2**30:.1f} GiB (24 bytes x (Q+G)^2) but only "
         f"{free / 2**30:.1f} GiB are available on {jax.devices()[0].platform}."
         " Re-rank a subset of the gallery, or use a machine with more memory.")
+
+
+def check_parameters(k1, k2, lambda_value, num_items: int) -> None:
+  """Raises ValueError unless 1 <= k2 <= k1 + 1 <= P and 0 <= lambda <= 1."""
+  if not (isinstance(k1, (int, np.integer)) and isinstance(k2, (int, np.integer))
+          and 1 <= k2 <= k1 + 1 and k1 + 1 <= num_items):
+    raise ValueError(f"Need integers 1 <= k2 <= k1 + 1 <= Q + G = {num_items}, "
+                     f"got k1={k1!r}, k2={k2!r}.")
+  if not 0.0 <= lambda_value <= 1.0:
+    raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}.")
 
 
 @functools.partial(jax.jit, static_argnames=("k1", "k2"))
@@ -174,12 +185,7 @@ def k_reciprocal_rerank(q_g_dist, q_q_dist, g_g_dist, *, k1: int = 20,
         f"{q_g.shape}, {q_q.shape} and {g_g.shape}.")
   num_q, num_g = q_g.shape
   num = num_q + num_g
-  if not (isinstance(k1, int) and isinstance(k2, int) and 1 <= k2 <= k1 + 1
-          and k1 + 1 <= num):
-    raise ValueError(f"Need integers 1 <= k2 <= k1 + 1 <= Q + G = {num}, got "
-                     f"k1={k1!r}, k2={k2!r}.")
-  if not 0.0 <= lambda_value <= 1.0:
-    raise ValueError(f"lambda_value must be in [0, 1], got {lambda_value}.")
+  check_parameters(k1, k2, lambda_value, num)
   check_fits(num, max_items)
   original = np.block([[q_q, q_g], [q_g.T, g_g]])
   dist, v = _expanded_weights(jnp.asarray(original), k1=k1, k2=k2)

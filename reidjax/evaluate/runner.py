@@ -19,6 +19,17 @@ a plan (``reidjax.data.clips.plan_test_clips``); embedding models pool the
 clip features of a tracklet (``video.aggregate_tracklets``, mean or max),
 pair models need exactly one clip per tracklet (their items are sequences,
 which have no mean).
+
+Embedding models, optional steps (``eval`` keys): ``query_expansion``
+(``"average"`` / ``"alpha"`` QE of the queries from their
+``query_expansion_top_k`` nearest gallery items, ``expansion.py``; the
+streamed path too), then ``rerank`` (k-reciprocal re-ranking with
+``rerank_k1``, ``rerank_k2``, ``rerank_lambda``: the dense ``rerank.py``
+where its memory estimate fits, else the sparse streamed
+``rerank_sparse.py``; ``rerank_method`` forces ``"dense"`` or
+``"sparse"``), and ``verification`` (TPR at FPR 1e-4, 1e-3, 1e-2 over all
+query-gallery pairs of the embedding distances, after query expansion and
+before re-ranking; ``verification.py``, streamed).
 """
 
 from __future__ import annotations
@@ -33,7 +44,8 @@ import numpy as np
 from absl import logging
 from jax.sharding import Mesh
 
-from reidjax.evaluate import distance, features, metrics, ranking, streaming, video
+from reidjax.evaluate import (distance, expansion, features, metrics, ranking, rerank,
+                              rerank_sparse, streaming, verification, video)
 from reidjax.models import interface
 from reidjax.train import progress
 
@@ -94,6 +106,11 @@ class Evaluator:
       tracklet of each clip) and ``num_clips``; ``make_batches`` is then
       called as ``make_batches(split, plan)`` and yields clips.
     clip_pooling: ``"mean"`` or ``"max"`` over the clips of a tracklet.
+    rerank, rerank_k1, rerank_k2, rerank_lambda, rerank_method: embedding
+      models: k-reciprocal re-ranking (see module doc).
+    query_expansion, query_expansion_top_k, query_expansion_alpha:
+      embedding models: ``"none"``, ``"average"`` or ``"alpha"`` QE.
+    verification: embedding models: add the verification TPRs.
   """
 
   def __init__(self, model: nn.Module, mesh: Mesh, *, query: Any, gallery: Any,
@@ -105,8 +122,20 @@ class Evaluator:
                camera_filter: bool = True, streaming: bool = False,
                rerank_top_k: int | None = None,
                test_clips: Callable[[Any], Any] | None = None,
-               clip_pooling: str = "mean", rerank_combine: str = "replace"):
+               clip_pooling: str = "mean", rerank_combine: str = "replace",
+               rerank: bool = False, rerank_k1: int = 20, rerank_k2: int = 6,
+               rerank_lambda: float = 0.3, rerank_method: str = "auto",
+               query_expansion: str = "none", query_expansion_top_k: int = 10,
+               query_expansion_alpha: float = 3.0, verification: bool = False):
     self.kind = interface.model_kind(model)
+    _check_choice("rerank_method", rerank_method, rerank_sparse.METHODS)
+    expansion.check_options(query_expansion, query_expansion_top_k,
+                            query_expansion_alpha)
+    if (rerank or query_expansion != "none" or verification) and (
+        self.kind == interface.PAIR):
+      logging.warning("eval.rerank / query_expansion / verification are for "
+                      "embedding models; ignored for the pair model %s.",
+                      type(model).__name__)
     _check_choice("metric", metric, distance.METRICS)
     _check_choice("protocol", protocol, metrics.PROTOCOLS)
     _check_choice("clip_pooling", clip_pooling, CLIP_POOLING)
@@ -129,6 +158,13 @@ class Evaluator:
     self.rerank_combine = rerank_combine
     self.fields = interface.input_fields(model)
     self.test_clips, self.clip_pooling = test_clips, clip_pooling
+    self.rerank = dict(k1=rerank_k1, k2=rerank_k2,
+                       lambda_value=rerank_lambda) if rerank else None
+    self.rerank_method = rerank_method
+    self.query_expansion = dict(method=query_expansion,
+                                top_k=query_expansion_top_k,
+                                alpha=query_expansion_alpha)
+    self.verification = verification
     self._protocol = dict(protocol=protocol, num_repeats=num_repeats,
                           seed=seed, camera_filter=camera_filter)
     self._embed = features.make_embed_fn(model, mesh, flip=flip)
@@ -196,19 +232,11 @@ class Evaluator:
           self._pair_fn, query_features, gallery_features, *labels,
           mesh=self.mesh, max_rank=self.max_rank, params=variables,
           **self._protocol)
-    elif self.streaming:
-      result = streaming.evaluate_features(
-          query_features, gallery_features, *labels, metric=self.metric,
-          normalize=self.normalize, mesh=self.mesh, max_rank=self.max_rank,
-          **self._protocol)
     else:
-      distmat = np.asarray(distance.pairwise_distance(
-          query_features, gallery_features, metric=self.metric,
-          normalize=self.normalize))
-      result = metrics.evaluate_ranking(distmat, *labels,
-                                        max_rank=self.max_rank,
-                                        **self._protocol)
+      result = self._rank_embeddings(query_features, gallery_features, labels)
     result = result.to_dict()
+    if self.kind != interface.PAIR and self.verification:
+      result.update(self._verify(query_features, gallery_features, labels))
     result.update(step=int(step), metric=self.metric,
                   protocol=self._protocol["protocol"],
                   seconds=time.perf_counter() - start)
@@ -218,6 +246,53 @@ class Evaluator:
     if self.workdir:
       progress.append_jsonl(os.path.join(self.workdir, "eval_metrics.jsonl"), result)
     return result
+
+  def _expanded(self, query_features, gallery_features):
+    """Features after query expansion (unchanged without it)."""
+    if self.query_expansion["method"] == "none":
+      return query_features, gallery_features
+    return expansion.expand_queries(query_features, gallery_features,
+                                    **self.query_expansion)
+
+  def _verify(self, query_features, gallery_features, labels) -> dict[str, Any]:
+    query_features, gallery_features = self._expanded(query_features,
+                                                      gallery_features)
+    return verification.roc_from_features(
+        query_features, gallery_features, *labels, metric=self.metric,
+        normalize=self.normalize,
+        camera_filter=self._protocol["camera_filter"])
+
+  def _rank_embeddings(self, query_features, gallery_features, labels
+                       ) -> metrics.RankingMetrics:
+    """Embedding models: QE, then re-ranking or the plain ranking."""
+    query_features, gallery_features = self._expanded(query_features,
+                                                      gallery_features)
+    if self.rerank is not None:
+      num = len(query_features) + len(gallery_features)
+      method = rerank_sparse.choose_method(num, self.rerank_method)
+      if method == "sparse":
+        if self._protocol["protocol"] != "market1501":
+          raise ValueError("The sparse re-ranking scores the market1501 protocol "
+                           "only; use eval.rerank_method = 'dense' for cuhk03.")
+        return rerank_sparse.evaluate_sparse_rerank(
+            query_features, gallery_features, *labels, metric=self.metric,
+            normalize=self.normalize, max_rank=self.max_rank,
+            camera_filter=self._protocol["camera_filter"], **self.rerank)
+      distmat = rerank.k_reciprocal_rerank_features(
+          query_features, gallery_features, metric=self.metric,
+          normalize=self.normalize, **self.rerank)
+      return metrics.evaluate_ranking(distmat, *labels, max_rank=self.max_rank,
+                                      **self._protocol)
+    if self.streaming:
+      return streaming.evaluate_features(
+          query_features, gallery_features, *labels, metric=self.metric,
+          normalize=self.normalize, mesh=self.mesh, max_rank=self.max_rank,
+          **self._protocol)
+    distmat = np.asarray(distance.pairwise_distance(
+        query_features, gallery_features, metric=self.metric,
+        normalize=self.normalize))
+    return metrics.evaluate_ranking(distmat, *labels, max_rank=self.max_rank,
+                                    **self._protocol)
 
 
 # The ``eval`` config keys: the Evaluator's options that a config sets (the

@@ -4,7 +4,7 @@ Queries are processed in tiles of ``query_tile`` rows. Each tile is split over
 the ``data`` axis of a mesh (``reidjax.train.sharding.make_data_mesh``); on
 every device one jitted ``shard_map`` step computes the (rows, G) distances of
 its rows and, from them, the 0-based ranks of each row's matches with the
-counting kernel of ``metrics.py`` (and, for the CUHK03 protocol, the
+counting kernel of ``counting.py`` (and, for the CUHK03 protocol, the
 single-shot ranks). Only those small (rows, M) rank arrays come back to the
 host; the host then computes CMC / mAP / mINP exactly like
 ``metrics.evaluate_ranking`` on the full matrix. Peak memory is the gallery
@@ -36,7 +36,7 @@ import numpy as np
 from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from reidjax.evaluate import distance, metrics
+from reidjax.evaluate import counting, distance, protocols
 from reidjax.train import sharding
 
 # local_fn(row_args, shared, kernel_inputs, *, block) -> dict with "ranks"
@@ -83,7 +83,7 @@ def _build_step(local_fn: LocalFn, mesh: Mesh, block: int,
     out = local_fn(row_args, shared, kin, block=block)
     dist = out.pop("dist", None)
     if num_repeats:
-      out["single_shot"] = metrics.single_shot_kernel(
+      out["single_shot"] = protocols.single_shot_kernel(
           dist, **single_shot, num_repeats=num_repeats)
     return out
 
@@ -102,12 +102,12 @@ def _build_step(local_fn: LocalFn, mesh: Mesh, block: int,
 
 
 def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
-                    matches: metrics.Matches, labels: dict[str, np.ndarray],
+                    matches: protocols.Matches, labels: dict[str, np.ndarray],
                     *, mesh: Mesh | None = None,
                     query_tile: int | None = None, max_rank: int = 50,
                     protocol: str = "market1501", num_repeats: int = 10,
                     seed: int = 0, what: str = "distances"
-                    ) -> metrics.RankingMetrics:
+                    ) -> protocols.RankingMetrics:
   """Runs ``local_fn`` over tiles of the queries that have a match.
 
   Args:
@@ -121,7 +121,7 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
       caller then builds each tile's rows itself (``ranking.py`` computes
       pair distances there, streaming gallery tiles from host memory).
     shared: pytree of arrays every device sees whole (gallery side).
-    matches, labels: from ``metrics.prepare_matches``.
+    matches, labels: from ``protocols.prepare_matches``.
     mesh: mesh with a ``data`` axis; default: all devices.
     query_tile: global rows per step (rounded up to a multiple of
       devices x kernel block); None: ``default_streaming_tile``.
@@ -129,14 +129,14 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
     what: what local_fn computes, for the NaN error message.
 
   Returns:
-    ``metrics.RankingMetrics``.
+    ``protocols.RankingMetrics``.
   """
   mesh = sharding.make_data_mesh() if mesh is None else mesh
   devices = mesh.shape[sharding.DATA_AXIS]
   if query_tile is None:
     query_tile = default_streaming_tile(devices)
   local = -(-int(query_tile) // devices)
-  block = metrics.kernel_block(local)
+  block = counting.kernel_block(local)
   local = -(-local // block) * block
   valid = np.flatnonzero(matches.num_matches > 0)
   if valid.size == 0:
@@ -149,7 +149,7 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
   tile = local * devices
   cuhk03 = protocol == "cuhk03"
   if cuhk03:
-    groups = metrics.single_shot_groups(matches, labels)
+    groups = protocols.single_shot_groups(matches, labels)
     ss_shared = replicate(dict(
         gallery_order=groups.gallery_order, group_start=groups.group_start,
         group_size=groups.group_size, seed=np.uint32(seed)), mesh)
@@ -169,12 +169,12 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
     else:
       args = jax.tree.map(lambda x, s=src: put(np.asarray(x)[s], mesh,
                                                 row_spec), row_args)
-    kin = metrics.kernel_inputs(rows, matches, tile, shards=devices)
+    kin = counting.kernel_inputs(rows, matches, tile, shards=devices)
     kin = {k: put(v, mesh, row_spec) for k, v in kin.items()}
     ss_rows = {}
     if cuhk03:
       ss_rows = {k: put(v, mesh, row_spec) for k, v in
-                 metrics.single_shot_inputs(rows, matches, groups,
+                 protocols.single_shot_inputs(rows, matches, groups,
                                             tile).items()}
     pending.append((rows, step(args, shared, kin, ss_rows, ss_shared)))
 
@@ -192,7 +192,7 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
     ranks[at] = to_host(out["ranks"])[:n]
     if cuhk03:
       single_shot[at] = to_host(out["single_shot"])[:n]
-  return metrics.finish_metrics(ranks, matches.num_matches[valid], max_rank,
+  return protocols.finish_metrics(ranks, matches.num_matches[valid], max_rank,
                                 matches.num_matches.size, single_shot)
 
 
@@ -211,13 +211,13 @@ def feature_local_fn(metric: str) -> LocalFn:
     dist = lax.optimization_barrier(distance.prepared_distance(
         row_args, shared["features"], metric=metric,
         g_sq=shared.get("g_sq")))
-    return dict(ranks=metrics.match_ranks_kernel(dist, **kin, block=block),
+    return dict(ranks=counting.match_ranks_kernel(dist, **kin, block=block),
                 nan=jnp.isnan(dist).any(axis=1), dist=dist)
 
   return local_fn
 
 
-_prepare = distance._prepare  # pylint: disable=protected-access
+_prepare = distance.prepare_features_jit
 
 
 def prepare_pair(q: np.ndarray, g: np.ndarray, metric: str, normalize: bool,
@@ -257,7 +257,7 @@ def evaluate_features(query_features, gallery_features, query_pids,
                       query_tile: int | None = None, mesh: Mesh | None = None,
                       protocol: str = "market1501", num_repeats: int = 10,
                       seed: int = 0, camera_filter: bool = True
-                      ) -> metrics.RankingMetrics:
+                      ) -> protocols.RankingMetrics:
   """CMC / mAP / mINP straight from features, streamed over query tiles.
 
   Same result as ``evaluate_ranking(pairwise_distance(q, g, metric,
@@ -276,15 +276,15 @@ def evaluate_features(query_features, gallery_features, query_pids,
     mesh: a mesh with a ``data`` axis; default all devices.
 
   Returns:
-    ``metrics.RankingMetrics``.
+    ``protocols.RankingMetrics``.
   """
   distance.check_metric(metric)
   q, g = check_features(query_features, gallery_features)
-  matches, labels = metrics.prepare_matches(
+  matches, labels = protocols.prepare_matches(
       q.shape[0], g.shape[0], query_pids, gallery_pids, query_camids,
       gallery_camids, camera_filter=camera_filter,
       what="the features give Q x G")
-  metrics.check_options(max_rank, query_tile, protocol, num_repeats)
+  protocols.check_options(max_rank, query_tile, protocol, num_repeats)
   mesh = sharding.make_data_mesh() if mesh is None else mesh
   shared, queries = prepare_pair(q, g, metric, normalize, eps, mesh)
   return run_query_tiles(

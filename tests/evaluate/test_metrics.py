@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from reidjax.evaluate import metrics
+from reidjax.evaluate import counting, metrics
 from reidjax.evaluate import numpy_reference
 
 ALL_IMPLEMENTATIONS = [metrics.evaluate_ranking,
@@ -149,8 +149,8 @@ def test_auto_mixes_head_and_kernel_rows(monkeypatch):
   distmat = np.where(same & deep[:, None], 2.0 + distmat, distmat)
   distmat = distmat.astype(np.float32)
   calls = []
-  kernel = metrics._match_ranks  # pylint: disable=protected-access
-  monkeypatch.setattr(metrics, "_match_ranks",
+  kernel = counting.match_ranks
+  monkeypatch.setattr(counting, "match_ranks",
                       lambda *a, **k: calls.append(1) or kernel(*a, **k))
   expected = numpy_reference.evaluate_ranking_loop(
       distmat, q_pids, g_pids, q_camids, g_camids)
@@ -158,7 +158,7 @@ def test_auto_mixes_head_and_kernel_rows(monkeypatch):
                                     g_camids, method="auto")
   assert_same(result, expected)
   assert calls  # Deep rows went to the kernel...
-  head, rest = metrics._head_counts(  # pylint: disable=protected-access
+  head, rest = counting.head_counts(
       distmat, metrics.prepare_matches(NUM_Q, NUM_G, q_pids, g_pids, q_camids,
                                        g_camids)[0], np.arange(NUM_Q),
       force=False)
@@ -234,7 +234,7 @@ def test_hand_computed(fn, d3, cmc, ap, inp):
 
 def test_one_compiled_shape_for_all_tiles():
   problem = make_problem(7)
-  kernel = metrics._match_ranks  # pylint: disable=protected-access
+  kernel = counting.match_ranks
   metrics.evaluate_ranking(*problem, query_tile=8, method="count")
   size = kernel._cache_size()  # pylint: disable=protected-access
   # Other data with the same (tile, G, M, K) shapes: 5 tiles, no new compile.
@@ -304,3 +304,21 @@ def test_no_valid_query_raises(fn):
   # Query 0's matches are all same-camera; query 1's pid is not in the gallery.
   with pytest.raises(ValueError, match="all 2 queries skipped"):
     fn(distmat, [1, 2], [1, 1, 0], [0, 0], [0, 0, 1])
+
+
+def test_auto_sends_uniform_random_rows_to_the_kernel(monkeypatch):
+  # Uniform random distances: every row's head is most of G, so "auto"
+  # skips the host pass (a sample of rows decides) and counts every row in
+  # the kernel; a trained-like matrix (matches near the top) does not.
+  distmat, q_pids, g_pids, q_camids, g_camids = make_problem(11)
+  uniform = np.random.default_rng(3).random(distmat.shape).astype(np.float32)
+  matches, _ = metrics.prepare_matches(NUM_Q, NUM_G, q_pids, g_pids, q_camids,
+                                       g_camids)
+  assert metrics._sample_prefers_kernel(uniform, matches)  # pylint: disable=protected-access
+  near = np.where(q_pids[:, None] == g_pids[None, :], 0.01 * uniform, uniform)
+  assert not metrics._sample_prefers_kernel(near, matches)  # pylint: disable=protected-access
+  monkeypatch.setattr(counting, "head_counts", None)  # Must not be called.
+  assert_same(metrics.evaluate_ranking(uniform, q_pids, g_pids, q_camids,
+                                       g_camids),
+              numpy_reference.evaluate_ranking_loop(uniform, q_pids, g_pids,
+                                                    q_camids, g_camids))

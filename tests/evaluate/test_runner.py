@@ -212,3 +212,36 @@ def test_from_config_two_stage_pair_model(combine):
       d2, query.pids, gallery.pids, query.camids, gallery.camids, max_rank=10)
   assert full["mAP"] == pytest.approx(expected_full.mAP, abs=1e-9)
   assert abs(full["mAP"] - result["mAP"]) > 1e-6  # (the ranks differ)
+
+
+def test_from_config_rerank_expansion_verification():
+  """eval.rerank: the dense and the sparse path give the metrics of the
+  dense re-ranked matrix; QE and verification add to the same run."""
+  from reidjax.evaluate import distance, expansion, rerank, verification  # pylint: disable=g-import-not-at-top
+  query, gallery, colours = _image_problem(5)
+  q, g = colours[id(query)], colours[id(gallery)]
+  labels = (query.pids, gallery.pids, query.camids, gallery.camids)
+  config = {"metric": "euclidean", "rerank": True, "rerank_k1": 8,
+            "rerank_k2": 3, "rerank_lambda": 0.4, "max_rank": 10}
+  want = metrics.evaluate_ranking(
+      rerank.k_reciprocal_rerank_features(q, g, k1=8, k2=3, lambda_value=0.4),
+      *labels, max_rank=10)
+  for method in ("dense", "sparse"):
+    got = _from_config(dict(config, rerank_method=method), MeanColour(), query,
+                       gallery, colours).run(State(), step=1)
+    assert got["mAP"] == pytest.approx(want.mAP, abs=1e-9), method
+    np.testing.assert_allclose(got["cmc"], want.cmc, atol=1e-9)
+  config = {"metric": "cosine", "query_expansion": "alpha",
+            "query_expansion_top_k": 4, "query_expansion_alpha": 2.0,
+            "verification": True}
+  got = _from_config(config, MeanColour(), query, gallery, colours).run(
+      State(), step=1)
+  eq, eg = expansion.expand_queries(q, g, method="alpha", top_k=4, alpha=2.0)
+  # Ties (integer colours): rank the distances the runner computes.
+  dist = np.asarray(distance.pairwise_distance(eq, eg, metric="cosine"))
+  assert got["mAP"] == pytest.approx(
+      metrics.evaluate_ranking(dist, *labels).mAP, abs=1e-6)
+  roc = verification.roc_from_distmat(dist, *labels)
+  assert got["tpr@fpr=0.01"] == pytest.approx(roc["tpr@fpr=0.01"], abs=1e-6)
+  with pytest.raises(ValueError, match="rerank_method must be one of"):
+    _from_config({"rerank_method": "fast"}, MeanColour(), query, gallery, colours)

@@ -1,4 +1,5 @@
-"""CUHK03 under the 767/700 protocol ("CUHK03-NP", Zhong et al., CVPR 2017).
+"""CUHK03: the 767/700 protocol ("CUHK03-NP", Zhong et al., CVPR 2017) and
+the classic 1,367/100 splits (Li et al., CVPR 2014).
 
 Reads the split of Zhong et al. (`cuhk03_new_protocol_config_{labeled,
 detected}.mat`, MATLAB v5: `train_idx`, `query_idx`, `gallery_idx` (1-based
@@ -9,9 +10,17 @@ from which the PNGs are extracted once.
 
 Evaluation: the 767/700 split is scored like Market-1501 (gallery items of
 the query's identity seen by the query's camera are ignored), i.e. the
-evaluator protocol "market1501". The old 20-split 1367/100 protocol, scored
-with single-gallery-shot CMC, is the evaluator protocol "cuhk03"; its splits
-are not produced here.
+evaluator protocol "market1501".
+
+The classic protocol (``split="classic"``; Attention-Driven ReID's CUHK03
+figures use it): `cuhk-03.mat`'s ``testsets`` holds 20 random splits, each
+100 test persons as (camera pair, person) rows; split ``classic_split``
+(0-based, default 0 = the first) tests on those 100 persons and trains on the
+other 1,367. As in torchreid's classic CUHK03, query and gallery are both
+all images of the test persons (the same split object), scored with the
+evaluator protocol "cuhk03" (single-gallery-shot CMC; the camera filter
+drops an image's own camera, itself included). It needs only cuhk-03.mat
+(the images are extracted from it as for 767/700), not the 767/700 configs.
 """
 
 from __future__ import annotations
@@ -175,19 +184,11 @@ def extract_cuhk03_images(raw_mat: str, variant: str, out_dir: str) -> int:
   Returns:
     The number of PNGs written now.
   """
-  import h5py  # Only needed for this one-time extraction.
   from PIL import Image
 
   os.makedirs(out_dir, exist_ok=True)
   written = 0
-  try:
-    mat = h5py.File(raw_mat, "r")
-  except OSError as e:
-    raise LayoutError(
-        f"Cannot open {raw_mat!r} as an HDF5 (MATLAB v7.3) file ({e}). "
-        "Replace it with the cuhk-03.mat of the official cuhk03_release.zip."
-    ) from e
-  with mat:
+  with _open_raw(raw_mat) as mat:
     if variant not in mat:
       raise LayoutError(
           f"{raw_mat!r} has no {variant!r} cell; the CUHK03 release holds "
@@ -245,8 +246,115 @@ def _ensure_images(base: str, variant: str, names: list[str]) -> str:
   return image_dir
 
 
+CUHK03_SPLITS = ("767/700", "classic")
+CUHK03_CLASSIC_SPLITS = 20
+CUHK03_CLASSIC_TEST_IDS = 100
+CUHK03_PERSONS = 1467  # Identities of the full release.
+
+
+def _open_raw(raw_mat: str):
+  import h5py  # Only needed to read cuhk-03.mat.
+  try:
+    return h5py.File(raw_mat, "r")
+  except OSError as e:
+    raise LayoutError(
+        f"Cannot open {raw_mat!r} as an HDF5 (MATLAB v7.3) file ({e}). "
+        "Replace it with the cuhk-03.mat of the official cuhk03_release.zip."
+    ) from e
+
+
+def read_classic_split(raw_mat: str, variant: str, index: int
+                       ) -> tuple[list[tuple[int, int, str]], set]:
+  """Images of one variant and the test persons of classic split ``index``.
+
+  Returns:
+    ([(pair, person, file name)] of every image, in (pair, person, slot)
+    order, all 1-based), and the set of (pair, person) test persons.
+  """
+  with _open_raw(raw_mat) as mat:
+    for key in (variant, "testsets"):
+      if key not in mat:
+        raise LayoutError(
+            f"{raw_mat!r} has no {key!r} variable; the CUHK03 release holds "
+            "'labeled', 'detected' and 'testsets'.")
+    images = []
+    for p, pair_ref in enumerate(np.ravel(mat[variant][()]), 1):
+      slots = mat[pair_ref][()].T  # (persons, 10) refs; see extract_...
+      for n in range(slots.shape[0]):
+        for s in range(slots.shape[1]):
+          if len(mat[slots[n, s]].shape) != 3:
+            continue  # An empty cell.
+          view = 1 if s < 5 else 2
+          images.append((p, n + 1, f"{p}_{n + 1:03d}_{view}_{s + 1:02d}.png"))
+    tests = np.ravel(mat["testsets"][()])
+    if not 0 <= index < len(tests):
+      raise ValueError(
+          f"CUHK03 classic_split must be in 0..{len(tests) - 1} ({raw_mat!r} "
+          f"holds {len(tests)} test sets), got {index}.")
+    rows = np.asarray(mat[tests[index]][()])
+  # MATLAB's (100, 2) [pair, person] matrix; HDF5 stores it transposed.
+  rows = rows.T
+  if rows.ndim != 2 or rows.shape[1] != 2:
+    raise LayoutError(f"{raw_mat!r}: testsets{{{index + 1}}} has shape "
+                      f"{rows.shape}, expected (persons, 2) [pair, person].")
+  test = [(int(a), int(b)) for a, b in rows]
+  persons = {(p, n) for p, n, _ in images}
+  unknown = [t for t in test if t not in persons]
+  if unknown or len(set(test)) != len(test):
+    raise LayoutError(
+        f"{raw_mat!r}: testsets{{{index + 1}}} "
+        + (f"names persons {unknown[:3]} (pair, person) that have no "
+           f"{variant} image." if unknown else "lists a person twice."))
+  return images, set(test)
+
+
+def _parse_classic(root: str, name: str, variant: str,
+                   index: int) -> ImageDataset:
+  candidates = candidate_roots(root, label="CUHK03",
+                               archive_dirs=CUHK03_ARCHIVE_DIRS,
+                               help_text=CUHK03_HELP)
+  found = [(base, m) for base in candidates
+           for m in _raw_mat_candidates(base) if os.path.isfile(m)]
+  if not found:
+    raise DatasetNotFoundError(
+        f"CUHK03 root {root!r}: the classic split needs {CUHK03_RAW_MAT} "
+        f"(its 'testsets'), found in none of "
+        + ", ".join(repr(m) for b in candidates
+                    for m in _raw_mat_candidates(b))
+        + f".\n{CUHK03_HELP}")
+  base, raw = found[0]
+  images, test = read_classic_split(raw, variant, index)
+  person_ids = sorted({(p, n) for p, n, _ in images})
+  if (len(person_ids) == CUHK03_PERSONS
+      and len(test) != CUHK03_CLASSIC_TEST_IDS):
+    raise LayoutError(
+        f"{raw!r}: testsets{{{index + 1}}} holds {len(test)} persons; the "
+        f"classic protocol tests on {CUHK03_CLASSIC_TEST_IDS}.")
+  # Dataset-wide labels 1..1467 in (pair, person) order.
+  label = {pid: i + 1 for i, pid in enumerate(person_ids)}
+  image_dir = _ensure_images(base, variant, [f for _, _, f in images])
+
+  def split(rows, relabel):
+    pids = np.asarray([label[p, n] for p, n, _ in rows], np.int64)
+    if relabel:
+      pids = contiguous_labels(pids)
+    return ImageSplit(
+        paths=tuple(os.path.join(image_dir, f) for _, _, f in rows),
+        pids=pids.astype(np.int32),
+        # The view (1 or 2) in the name: camera 1 / 2 of the pair.
+        camids=np.asarray([int(f.split("_")[2]) - 1 for _, _, f in rows],
+                          np.int32))
+
+  test_split = split([r for r in images if r[:2] in test], False)
+  return ImageDataset(
+      name=name, root=base,
+      train=split([r for r in images if r[:2] not in test], True),
+      query=test_split, gallery=test_split)
+
+
 def parse_cuhk03(root: str, *, name: str = "cuhk03",
-                 variant: str = "labeled") -> ImageDataset:
+                 variant: str = "labeled", split: str = "767/700",
+                 classic_split: int = 0) -> ImageDataset:
   """Indexes CUHK03 under the 767/700 protocol of Zhong et al. (CVPR 2017).
 
   Folder tree (directly under `root`, or under `root`/cuhk03/)::
@@ -270,13 +378,21 @@ def parse_cuhk03(root: str, *, name: str = "cuhk03",
   1367/100 CUHK03 protocol ("cuhk03" in the evaluator) is a different split.
   A complete copy is checked against `CUHK03_STATS[variant]`.
 
+  ``split="classic"``: the classic protocol instead (module docstring):
+  train = the persons outside ``testsets{classic_split + 1}`` of
+  cuhk-03.mat, relabelled 0..P-1; query = gallery = the images of its test
+  persons, pids = 1-based person numbers in (pair, person) order, camids =
+  the view - 1. Evaluate with the "cuhk03" protocol.
+
   Args:
     root: the CUHK03 folder.
     name: dataset name recorded in the index.
     variant: "labeled" (hand-drawn boxes) or "detected" (DPM boxes).
+    split: "767/700" (Zhong et al.) or "classic" (Li et al., 1367/100).
+    classic_split: which of the 20 classic splits (0-based); classic only.
 
   Raises:
-    ValueError: unknown variant.
+    ValueError: unknown variant or split.
     DatasetNotFoundError: root, the config, or images (with no cuhk-03.mat to
       extract them from) are missing.
     LayoutError: a config or cuhk-03.mat does not have the expected content.
@@ -285,6 +401,15 @@ def parse_cuhk03(root: str, *, name: str = "cuhk03",
   if variant not in CUHK03_VARIANTS:
     raise ValueError(
         f"CUHK03 variant {variant!r} is not one of {CUHK03_VARIANTS}.")
+  if split not in CUHK03_SPLITS:
+    raise ValueError(f"CUHK03 split (data.options.split) must be one of "
+                     f"{CUHK03_SPLITS}, got {split!r}.")
+  if split == "classic":
+    return _parse_classic(os.fspath(root), name, variant, int(classic_split))
+  if classic_split != 0:
+    raise ValueError(
+        f"CUHK03 classic_split={classic_split} applies to split='classic' "
+        f"only; the {split} protocol has one split.")
   base = _resolve_cuhk03_root(os.fspath(root), variant)
   config = _read_config(_config_path(base, variant))
   rows = np.concatenate([config["train_idx"], config["query_idx"],

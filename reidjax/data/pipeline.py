@@ -19,6 +19,21 @@ the clip at global position j are drawn with a generator seeded by
 All frames of a clip share that seed, hence the same flip, crop offset and
 erasing box. A resumed run replays the stream exactly.
 
+Pose side inputs (image data only; Attention-Driven ReID). ``train_batches``
+and ``eval_batches`` take the model's input ``fields``: "keypoints" adds the
+(b, 18, 3) keypoints of each image moved through its augmentation (per-split
+(N, 18, 3) ``keypoints`` in original pixels, ``reidjax.data.keypoints``);
+"parts" adds the (b, 4, ph, pw, 3) crops of the part boxes R1..R4
+(``reidjax.data.part_boxes``, Eq. 1-2) and replaces ``images`` by the
+whole-body crop R0 at (H, W). Order: decode -> flip / resize / crop of the
+image and its keypoints together -> normalise -> random erasing (of the whole
+augmented image, so a crop sees the erased rectangle where it overlaps it)
+-> boxes from the augmented keypoints -> crops (outside the image: black, as
+zero padding); delivered keypoints are then in R0's pixels. Without these
+fields the batches are exactly what they were.
+``pose_field_inputs(data_config, dataset, fields)`` builds the per-split
+arguments from the config.
+
 Bad files. A file that cannot be read or decoded makes the iterator raise
 ``FileNotFoundError`` / ``ValueError`` naming it (``reader.name``):
 TensorFlow's own error does not say which file failed, so the iterator catches
@@ -53,9 +68,11 @@ from absl import logging
 import numpy as np
 
 from reidjax.data import clips
+from reidjax.data import keypoints as keypoints_lib
+from reidjax.data import part_boxes
 from reidjax.data import sampler as sampler_lib
 from reidjax.data import transforms
-from reidjax.data.index import ImageSplit, VideoSplit
+from reidjax.data.index import ImageSplit, VideoSplit, is_video
 from reidjax.data.tensorflow_cpu import tf
 
 # Errors a bad image file raises from read / decode.
@@ -243,6 +260,109 @@ class BatchIterator(Iterator[dict[str, np.ndarray]]):
     raise error
 
 
+# Input fields a pipeline can add to images / pids / camids.
+POSE_FIELDS = ("keypoints", "parts")
+_BASE_FIELDS = ("images", "camids")
+
+
+def _check_pose_inputs(function: str, fields: Sequence[str], num_items: int,
+                       keypoints: np.ndarray | None,
+                       parts: part_boxes.PartConfig | None) -> bool:
+  """Checks the pose arguments; True if the pipeline needs the keypoints."""
+  unknown = [f for f in fields if f not in _BASE_FIELDS + POSE_FIELDS]
+  if unknown:
+    raise ValueError(f"{function}: unknown input field(s) {unknown}; the "
+                     f"pipelines deliver {list(_BASE_FIELDS + POSE_FIELDS)}.")
+  if "parts" in fields and parts is None:
+    raise ValueError(
+        f"{function}: the model takes 'parts' but no PartConfig was given "
+        "(set data.parts = configs.common.parts_config()).")
+  needs = "keypoints" in fields or ("parts" in fields and
+                                    parts.source == "pose")
+  if needs:
+    if keypoints is None:
+      wanted = [f for f in fields if f in POSE_FIELDS]
+      raise ValueError(
+          f"{function}: the model takes {wanted} with data.parts.source="
+          "'pose', which needs the split's keypoints; none were given "
+          "(keypoints.load_keypoints).")
+    if np.shape(keypoints) != (num_items, keypoints_lib.NUM_JOINTS, 3):
+      raise ValueError(
+          f"{function}: keypoints have shape {np.shape(keypoints)}, expected "
+          f"({num_items}, {keypoints_lib.NUM_JOINTS}, 3) for this split.")
+  return needs
+
+
+def _pose_finisher(fields: Sequence[str], parts: part_boxes.PartConfig | None,
+                   height: int, width: int):
+  """Batch -> batch with parts cut out (images = R0) and fields trimmed."""
+
+  def finish(batch):
+    batch = dict(batch)
+    if "parts" in fields:
+      keypoints = batch.get("keypoints")
+      if keypoints is None:  # Stripes: the boxes need no keypoints.
+        keypoints = tf.zeros([tf.shape(batch["images"])[0],
+                              keypoints_lib.NUM_JOINTS, 3], tf.float32)
+      boxes = part_boxes.part_boxes_tf(keypoints, height, width, parts)
+      batch["images"], batch["parts"] = part_boxes.crop_parts_tf(
+          batch["images"], boxes, parts, fill=transforms.NORMALIZED_BLACK)
+      if "keypoints" in batch:
+        batch["keypoints"] = part_boxes.to_box_frame_tf(
+            batch["keypoints"], boxes[:, 0], height, width)
+    if "keypoints" not in fields:
+      batch.pop("keypoints", None)
+    elif "keypoints" in batch:  # Missing joints read (0, 0, 0).
+      keypoints = batch["keypoints"]
+      batch["keypoints"] = tf.where(keypoints[..., 2:] > 0, keypoints, 0.0)
+    return batch
+
+  return finish
+
+
+def pose_field_inputs(data_config, dataset, fields: Sequence[str]
+                      ) -> dict[str, dict]:
+  """Per split ("train", "query", "gallery"), the pose arguments of the
+  pipelines for a model taking ``fields``: {"fields", "keypoints", "parts"}.
+
+  Without "keypoints" / "parts" in ``fields`` every split gets
+  ``{"fields": ("images",)}`` and no file is read.
+
+  Raises:
+    ValueError: pose fields on video data, or no ``data.parts`` section.
+    FileNotFoundError / ValueError: a missing or mismatched keypoints file
+      (``reidjax.data.keypoints``).
+  """
+  wanted = tuple(f for f in fields if f in POSE_FIELDS)
+  splits = {"train": dataset.train, "query": dataset.query,
+            "gallery": dataset.gallery}
+  if not wanted:
+    return {name: {"fields": ("images",)} for name in splits}
+  if is_video(dataset):
+    raise ValueError(
+        f"The model takes {list(wanted)}, which the pipelines deliver for "
+        f"image data only, but {dataset.name} is a video dataset.")
+  if data_config.get("parts", None) is None:
+    raise ValueError(
+        f"The model takes {list(wanted)} but the data config has no 'parts' "
+        "section: set data.parts = configs.common.parts_config().")
+  parts = part_boxes.PartConfig.from_config(data_config.parts)
+  needs = "keypoints" in wanted or parts.source == "pose"
+  out = {}
+  loaded = {}
+  for name, split in splits.items():
+    keypoints = None
+    if needs:
+      if id(split) not in loaded:
+        loaded[id(split)] = keypoints_lib.load_keypoints(
+            keypoints_lib.split_keypoints_path(data_config, name),
+            split.paths, unmatched=data_config.parts.unmatched)
+      keypoints = loaded[id(split)]
+    out[name] = {"fields": ("images",) + wanted, "keypoints": keypoints,
+                 "parts": parts if "parts" in wanted else None}
+  return out
+
+
 def _check_process(process_index: int, process_count: int) -> None:
   if process_count < 1 or not 0 <= process_index < process_count:
     raise ValueError(f"process_index {process_index} is not in "
@@ -315,7 +435,11 @@ def train_batches(split: ImageSplit,
                   reader: Reader | None = None,
                   skip_corrupt: bool = False,
                   process_index: int | None = None,
-                  process_count: int | None = None) -> BatchIterator:
+                  process_count: int | None = None,
+                  fields: Sequence[str] = ("images",),
+                  keypoints: np.ndarray | None = None,
+                  parts: part_boxes.PartConfig | None = None
+                  ) -> BatchIterator:
   """Infinite iterator of augmented training batches (this process's).
 
   Batch ``k`` is the sampler's local batch at step ``start_step + k``,
@@ -335,14 +459,25 @@ def train_batches(split: ImageSplit,
       identity instead of raising (see the module docstring).
     process_index: optional; if given, must equal ``sampler.process_index``.
     process_count: optional; if given, must equal ``sampler.process_count``.
+    fields: the model's input fields; "keypoints" / "parts" add those
+      fields (see the module docstring).
+    keypoints: (N, 18, 3) keypoints of the split in original pixels; needed
+      for "keypoints", and for "parts" with ``parts.source == "pose"``.
+    parts: part settings; needed for "parts".
 
   Returns:
     A BatchIterator (``stats`` counts skipped files) yielding
     {"images": float32 (b, H, W, 3), "pids": int32 (b,),
-     "camids": int32 (b,)} with b = ``sampler.local_batch_size``.
+     "camids": int32 (b,)} with b = ``sampler.local_batch_size``, plus
+    "keypoints" float32 (b, 18, 3) and "parts" float32 (b, 4, ph, pw, 3) when
+    ``fields`` asks for them.
   """
   _check_sampler("train_batches", split.pids, sampler, process_index,
                  process_count)
+  needs_keypoints = _check_pose_inputs("train_batches", fields, len(split),
+                                       keypoints, parts)
+  keypoint_table = (tf.constant(keypoints, tf.float32) if needs_keypoints
+                    else None)
   reader = FileReader(split.paths) if reader is None else reader
   b = sampler.local_batch_size
   first_position = sampler.process_index * b
@@ -362,9 +497,14 @@ def train_batches(split: ImageSplit,
     i = element["index"]
     image_seed = transforms.image_seed(seed, element["step"],
                                        element["position"])
-    image = transforms.preprocess_train(reader.read(i), augment, image_seed)
-    return {"images": image, "pids": tf.gather(pids, i),
-            "camids": tf.gather(camids, i)}
+    out = {"pids": tf.gather(pids, i), "camids": tf.gather(camids, i)}
+    if needs_keypoints:
+      out["images"], out["keypoints"] = transforms.preprocess_train_keypoints(
+          reader.read(i), tf.gather(keypoint_table, i), augment, image_seed)
+    else:
+      out["images"] = transforms.preprocess_train(reader.read(i), augment,
+                                                  image_seed)
+    return out
 
   def build(k, table):
     # The generator yields one small index array per step; file reading and
@@ -378,6 +518,10 @@ def train_batches(split: ImageSplit,
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     dataset = dataset.batch(b, drop_remainder=True)
+    if needs_keypoints or "parts" in fields:
+      dataset = dataset.map(
+          _pose_finisher(fields, parts, augment.height, augment.width),
+          num_parallel_calls=tf.data.AUTOTUNE, deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
   replacements = (_Replacements(reader, _image_candidates(split.pids))
@@ -421,6 +565,19 @@ def _load_eval(reader: Reader, index: tf.Tensor, height: int,
       lambda: tf.zeros((height, width, 3), tf.float32))
 
 
+def _load_eval_keypoints(reader: Reader, index: tf.Tensor,
+                         keypoints: tf.Tensor, height: int,
+                         width: int) -> tuple[tf.Tensor, tf.Tensor]:
+  """``_load_eval`` and the item's keypoints in its pixels (zeros for -1)."""
+  return tf.cond(
+      index >= 0,
+      lambda: transforms.preprocess_eval_keypoints(
+          reader.read(tf.maximum(index, 0)),
+          tf.gather(keypoints, tf.maximum(index, 0)), height, width),
+      lambda: (tf.zeros((height, width, 3), tf.float32),
+               tf.zeros((keypoints_lib.NUM_JOINTS, 3), tf.float32)))
+
+
 def eval_batches(split: ImageSplit,
                  *,
                  batch_size: int,
@@ -428,7 +585,10 @@ def eval_batches(split: ImageSplit,
                  width: int,
                  process_index: int = 0,
                  process_count: int = 1,
-                 reader: Reader | None = None) -> BatchIterator:
+                 reader: Reader | None = None,
+                 fields: Sequence[str] = ("images",),
+                 keypoints: np.ndarray | None = None,
+                 parts: part_boxes.PartConfig | None = None) -> BatchIterator:
   """Iterates over a split once in dataset order, without augmentation.
 
   The split is cut into ``num_eval_batches(len(split), batch_size)`` global
@@ -444,14 +604,25 @@ def eval_batches(split: ImageSplit,
     process_index: this process, in [0, process_count).
     process_count: number of processes.
     reader: where images come from (default: ``FileReader(split.paths)``).
+    fields: the model's input fields; "keypoints" / "parts" add those
+      fields (see the module docstring; padding rows get the stripes).
+    keypoints: (N, 18, 3) keypoints of the split in original pixels; needed
+      for "keypoints", and for "parts" with ``parts.source == "pose"``.
+    parts: part settings; needed for "parts".
 
   Yields:
     {"images": float32 (b, H, W, 3) (zeros for padding),
      "pids": int32 (b,), "camids": int32 (b,) (-1 for padding),
      "mask": bool (b,) False for padding,
-     "index": int32 (b,) dataset index, -1 for padding} with b = B / n.
+     "index": int32 (b,) dataset index, -1 for padding} with b = B / n,
+    plus "keypoints" float32 (b, 18, 3) and "parts" float32
+    (b, 4, ph, pw, 3) when ``fields`` asks for them.
   """
   _check_eval_args(batch_size, process_index, process_count)
+  needs_keypoints = _check_pose_inputs("eval_batches", fields, len(split),
+                                       keypoints, parts)
+  keypoint_table = (tf.constant(keypoints, tf.float32) if needs_keypoints
+                    else None)
   reader = FileReader(split.paths) if reader is None else reader
   local_indices = _eval_local_indices(len(split), batch_size, process_index,
                                       process_count)
@@ -462,13 +633,18 @@ def eval_batches(split: ImageSplit,
   def load(i):
     valid = i >= 0
     j = tf.maximum(i, 0)  # Padding reads nothing, but gather needs an index.
-    return {
-        "images": _load_eval(reader, i, height, width),
+    out = {
         "pids": tf.where(valid, tf.gather(pids, j), -1),
         "camids": tf.where(valid, tf.gather(camids, j), -1),
         "mask": valid,
         "index": tf.cast(i, tf.int32),
     }
+    if needs_keypoints:
+      out["images"], out["keypoints"] = _load_eval_keypoints(
+          reader, i, keypoint_table, height, width)
+    else:
+      out["images"] = _load_eval(reader, i, height, width)
+    return out
 
   def build(k, table):
     del table  # Evaluation never replaces files.
@@ -477,6 +653,10 @@ def eval_batches(split: ImageSplit,
     dataset = dataset.map(load, num_parallel_calls=tf.data.AUTOTUNE,
                           deterministic=True)
     dataset = dataset.batch(b, drop_remainder=True)
+    if needs_keypoints or "parts" in fields:
+      dataset = dataset.map(_pose_finisher(fields, parts, height, width),
+                            num_parallel_calls=tf.data.AUTOTUNE,
+                            deterministic=True)
     return dataset.prefetch(tf.data.AUTOTUNE).with_options(_options())
 
   def batch_items(k):

@@ -18,6 +18,17 @@ a video generator can reuse:
 The nuisances are calibrated so that raw pixels are a poor descriptor (raw
 pixel Euclidean mAP well below 0.3) while garment colours and patterns stay
 distinguishable after the camera transform, so a small CNN can learn them.
+
+Pose keypoints (for Attention-Driven ReID's part boxes): `person_joints`
+gives the 18 COCO-18 joints of the rendered geometry, and the set holds
+`keypoints/{train,query,gallery}.json` (`reidjax.data.keypoints` format)
+with pose-estimator-like errors (`estimate_keypoints`): per-joint position
+noise, confidences spread over (0.3, 0.95), face joints lost from behind,
+joints under an occluder or outside the image missing or at low confidence,
+a few random drop-outs, and no person at all in clutter images. Their noise
+comes from its own random stream, so the images are the same as without
+keypoints; a set written before the keypoints existed gets its files added
+on its next use, without touching its images.
 """
 
 from __future__ import annotations
@@ -33,12 +44,19 @@ from typing import Optional, Sequence
 import numpy as np
 from PIL import Image
 
+from reidjax.data import keypoints as keypoints_lib
+
 Color = tuple[float, float, float]
 
 # Bumped whenever rendering changes, so a stale set on disk is not reused.
 GENERATOR_VERSION = 1
+# Bumped whenever the keypoints change; the files are rewritten, not the images.
+KEYPOINTS_VERSION = 1
 MARKER_NAME = "synthetic_market.json"
 SPLIT_DIRS = ("bounding_box_train", "query", "bounding_box_test")
+# Market folder -> split name of its keypoints file (keypoints.SPLIT_FILES).
+KEYPOINT_SPLITS = {"bounding_box_train": "train", "query": "query",
+                   "bounding_box_test": "gallery"}
 
 # Clothing palette (sRGB in [0, 1]); the names only document intent.
 PALETTE: dict[str, Color] = {
@@ -435,6 +453,156 @@ def _draw_person(img, ident: Identity, view: View, yy, xx, dx: float):
            np.asarray(ident.hat) * 0.8)
 
 
+# --------------------------------------------------------------------------
+# Pose keypoints of the rendered geometry (the numbers of `_draw_person`).
+
+
+def person_joints(ident: Identity, view: View, size: Sequence[int],
+                  dx: Optional[float] = None) -> np.ndarray:
+  """(18, 2) exact COCO-18 joints (x, y) of a rendered person, in pixels.
+
+  Continuous coordinates (the image's top-left corner at (0, 0), pixel
+  centres at +0.5, as `render` samples). "Right" is the side a pose
+  estimator calls right: the image's left in a front view, its right from
+  behind. A flipped view is the mirror image of the unflipped one, so its
+  joints are the mirrored joints with left and right swapped (what an
+  estimator reports for a mirrored photo).
+  """
+  h, w = int(size[0]), int(size[1])
+  px = view.scale * ident.height * h
+  top = (h - px) * 0.5 + view.dy * h
+  cx = w * 0.5 + (view.dx if dx is None else dx) * w
+  swing = view.stride * np.sin(view.phase)
+  # Body-x side of the estimator's "right" (body x is mirrored by a flip).
+  right = (1.0 if view.back else -1.0) * (-1.0 if view.flip else 1.0)
+  body = {"nose": (0.0, 0.095), "neck": (0.0, 0.16)}
+  for side, sign in (("right", right), ("left", -right)):
+    body[f"{side}_eye"] = (sign * 0.022, 0.07)
+    body[f"{side}_ear"] = (sign * 0.055, 0.08)
+  # Arms and legs exactly as `_draw_person` draws them (s = body-x side).
+  for s in (-1.0, 1.0):
+    side = "right" if s == right else "left"
+    shoulder = (s * 0.135, 0.18)
+    hand = _limb_end(shoulder, 0.31, s * (0.1 + 0.8 * swing))
+    body[f"{side}_shoulder"] = shoulder
+    body[f"{side}_elbow"] = tuple(0.5 * (a + b) for a, b in zip(shoulder, hand))
+    body[f"{side}_wrist"] = hand
+    hip = (s * 0.05, 0.54)
+    foot = _limb_end(hip, 0.41, -s * swing)
+    body[f"{side}_hip"] = hip
+    body[f"{side}_knee"] = tuple(0.5 * (a + b) for a, b in zip(hip, foot))
+    body[f"{side}_ankle"] = foot
+  mirror = -1.0 if view.flip else 1.0
+  out = np.empty((keypoints_lib.NUM_JOINTS, 2), np.float64)
+  for name, (x, y) in body.items():
+    out[keypoints_lib.JOINT_INDEX[name]] = (
+        cx + mirror * x * px * ident.width, top + y * px)
+  return out
+
+
+_FACE = tuple(keypoints_lib.JOINT_INDEX[n]
+              for n in ("nose", "right_eye", "left_eye"))
+_EARS = tuple(keypoints_lib.JOINT_INDEX[n] for n in ("right_ear", "left_ear"))
+_EXTREMITIES = tuple(keypoints_lib.JOINT_INDEX[n] for n in (
+    "right_wrist", "left_wrist", "right_ankle", "left_ankle"))
+
+
+def estimate_keypoints(ident: Optional[Identity], view: View,
+                       size: Sequence[int],
+                       rng: np.random.Generator) -> np.ndarray:
+  """(18, 3) [x, y, confidence] as a pose estimator might report them.
+
+  Position noise of ~1.2% of the body height (2% at wrists and ankles),
+  confidences U(0.3, 0.95); face joints usually lost from behind; joints
+  under a box / pole occluder or outside the image missing or below 0.3;
+  5% random drop-outs and 5% unreliable (confidence < 0.1, larger noise).
+  Clutter images (no identity) have no person: all zeros.
+  """
+  out = np.zeros((keypoints_lib.NUM_JOINTS, 3), np.float64)
+  if ident is None:
+    return out
+  h, w = int(size[0]), int(size[1])
+  exact = person_joints(ident, view, size)
+  stature = view.scale * ident.height * h
+  n = keypoints_lib.NUM_JOINTS
+  spread = np.full(n, 0.012)
+  spread[list(_EXTREMITIES)] = 0.02
+  xy = exact + rng.normal(0.0, 1.0, (n, 2)) * spread[:, None] * stature
+  conf = rng.uniform(0.3, 0.95, n)
+  if view.back:
+    face = np.asarray(_FACE)
+    lost = rng.random(face.size) < 0.8
+    conf[face] = np.where(lost, 0.0, rng.uniform(0.02, 0.2, face.size))
+    conf[list(_EARS)] *= 0.7
+  if view.occluder in ("box", "pole"):
+    x0, y0, x1, y1 = view.occ_box
+    under = ((exact[:, 0] >= x0 * w) & (exact[:, 0] <= x1 * w)
+             & (exact[:, 1] >= y0 * h) & (exact[:, 1] <= y1 * h))
+    low = rng.uniform(0.02, 0.3, n)
+    conf = np.where(under, np.where(rng.random(n) < 0.6, 0.0, low), conf)
+  outside = ((exact[:, 0] < 0) | (exact[:, 0] >= w) | (exact[:, 1] < 0)
+             | (exact[:, 1] >= h))
+  conf[outside] = 0.0
+  unreliable = rng.random(n) < 0.05
+  conf = np.where(unreliable, np.minimum(conf, rng.uniform(0.01, 0.1, n)),
+                  conf)
+  xy += (unreliable[:, None] * rng.normal(0.0, 0.05, (n, 2)) * stature)
+  conf[rng.random(n) < 0.05] = 0.0
+  out[:, :2] = xy
+  out[:, 2] = conf
+  out[conf <= 0] = 0.0
+  return out
+
+
+def _keypoint_tables(params: dict) -> dict[str, dict[str, np.ndarray]]:
+  """{split: {file name: (18, 3)}} of the set: no rendering, own RNG."""
+  size = tuple(params["image_size"])
+  tables = {split: {} for split in KEYPOINT_SPLITS.values()}
+  for i, item in enumerate(_plan(params)):
+    if item.name.startswith("-1_"):
+      continue  # Junk: the Market-1501 parser drops it.
+    # Tag 7: a stream apart from the plan's (tags 0-4); the images' draws
+    # are untouched.
+    rng = np.random.default_rng([params["seed"], 7, i])
+    tables[KEYPOINT_SPLITS[item.split]][item.name] = estimate_keypoints(
+        item.identity, item.view, size, rng)
+  return tables
+
+
+def _keypoints_stamp(params: dict) -> dict:
+  return {"name": "reidjax.data.synthetic",
+          "keypoints_version": KEYPOINTS_VERSION, "params": params}
+
+
+def _write_keypoints(root: str, params: dict) -> None:
+  folder = os.path.join(root, "keypoints")
+  os.makedirs(folder, exist_ok=True)
+  for split, table in _keypoint_tables(params).items():
+    keypoints_lib.write_keypoints_file(
+        os.path.join(folder, keypoints_lib.SPLIT_FILES[split]), table,
+        generator=_keypoints_stamp(params))
+
+
+def ensure_keypoints(root: str, params: dict) -> bool:
+  """Adds (or renews) the keypoint files of a complete set; True if written.
+
+  A set written before the keypoints existed, or with an older
+  KEYPOINTS_VERSION, gets them without its images being rewritten.
+  """
+  stamp = _keypoints_stamp(params)
+  for name in keypoints_lib.SPLIT_FILES.values():
+    path = os.path.join(root, "keypoints", name)
+    try:
+      with open(path, encoding="utf-8") as f:
+        if json.load(f).get("generator") == stamp:
+          continue
+    except (OSError, ValueError):
+      pass
+    _write_keypoints(root, params)
+    return True
+  return False
+
+
 def _background(camera: Camera, view: View, yy, xx, h, w):
   yb, xb = yy + view.bg_shift[0], xx + view.bg_shift[1]
   wall = np.asarray(camera.wall, np.float32)
@@ -694,6 +862,8 @@ def write_synthetic_market(
 
   write_once(root, params, lambda tmp: _write(tmp, params),
              generator="reidjax.data.synthetic")
+  # A set from before the keypoints existed gets them now (images untouched).
+  ensure_keypoints(root, params)
   return root
 
 
@@ -777,6 +947,7 @@ def _write(root: str, params: dict) -> dict:
     with open(os.path.join(root, item.split, item.name), "wb") as f:
       f.write(encode_jpeg(img, item.view.jpeg_quality))
     counts[item.split] += 1
+  _write_keypoints(root, params)
   return counts
 
 

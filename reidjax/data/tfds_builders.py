@@ -429,6 +429,7 @@ class Cuhk03(ReidBuilder):
   """
 
   name = "cuhk03"
+  LAYOUT = "cuhk03_labeled"  # Its parser options' defaults (split="767/700").
   BUILDER_CONFIGS = [
       ReidConfig(name=v, description=f"CUHK03-NP, {v} bounding boxes.",
                  options=(("variant", v),))

@@ -6,6 +6,18 @@ The training recipe follows torchreid / fast-reid's standard ReID baseline:
   -> zero-pad by ``pad`` pixels + random crop back to (H, W)
   -> normalise with the ImageNet mean / std -> random erasing.
 
+``crop="enlarge"`` (FGRA, Chen et al., AAAI 2020: "random crop from an image
+enlarged by 1/8") replaces resize + pad + crop by: resize to
+``enlarged_size(H, W)`` = round((1 + 1/8) x (H, W)), then a random (H, W)
+crop, its offset uniform over the valid positions.
+
+Keypoints (``preprocess_train_keypoints`` / ``preprocess_eval_keypoints``,
+(18, 3) [x, y, confidence] in the original image's continuous pixel
+coordinates, ``reidjax.data.keypoints``) follow the image: a flip mirrors x
+(x -> w - x) and swaps left / right joints, a resize scales x and y, a crop
+shifts them; confidences are kept (a joint moved outside the image keeps its
+position and confidence). The image is exactly ``preprocess_train``'s.
+
 ``preprocess_train`` mirrors the decoded image *before* resizing: the two
 commute (up to float rounding, ~1e-7) and the small uint8 image is cheaper to
 mirror.
@@ -27,6 +39,7 @@ import math
 
 import numpy as np
 
+from reidjax.data import keypoints as keypoints_lib
 from reidjax.data.tensorflow_cpu import tf
 # torchvision's ImageNet statistics (RGB, images in [0, 1]), shared with
 # reidjax.inference so that serving normalises like training.
@@ -35,6 +48,10 @@ from reidjax.imagenet import IMAGENET_MEAN, IMAGENET_STD
 # Random erasing draws this many candidate rectangles at once and uses the
 # first that fits (Zhong et al. try up to 100 times in a loop).
 _ERASING_ATTEMPTS = 100
+# data.crop: "pad" (zero-pad + random crop) or "enlarge" (resize by 1 + 1/8,
+# random crop).
+CROPS = ("pad", "enlarge")
+ENLARGE = 1 / 8
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,7 +63,9 @@ class AugmentConfig:
     width: output image width W.
     flip: random horizontal flip with probability 0.5.
     pad: zero padding (pixels, each side) before the random (H, W) crop; 0
-      disables pad + crop.
+      disables pad + crop. Used by crop="pad" only.
+    crop: "pad" (zero-pad by ``pad``, random crop) or "enlarge" (resize to
+      ``enlarged_size(H, W)``, random (H, W) crop).
     random_erasing: probability of random erasing; 0 disables it.
     erasing_area: (min, max) erased fraction of the image area.
     erasing_min_aspect: the erased rectangle's height / width ratio is
@@ -57,6 +76,7 @@ class AugmentConfig:
   width: int
   flip: bool = True
   pad: int = 10
+  crop: str = "pad"
   random_erasing: float = 0.5
   erasing_area: tuple[float, float] = (0.02, 0.4)
   erasing_min_aspect: float = 0.3
@@ -67,6 +87,9 @@ class AugmentConfig:
                        f"{self.height}x{self.width}.")
     if self.pad < 0:
       raise ValueError(f"AugmentConfig: pad must be >= 0, got {self.pad}.")
+    if self.crop not in CROPS:
+      raise ValueError(f"AugmentConfig: data.crop must be one of {CROPS}, got "
+                       f"{self.crop!r}.")
     if not 0.0 <= self.random_erasing <= 1.0:
       raise ValueError(f"AugmentConfig: random_erasing is a probability, got "
                        f"{self.random_erasing}.")
@@ -126,6 +149,10 @@ def resize(image: tf.Tensor, height: int, width: int) -> tf.Tensor:
   return tf.ensure_shape(image, (height, width, 3))
 
 
+# Black (0 in [0, 1] units) after ``normalize``: what zero padding becomes.
+NORMALIZED_BLACK = tuple(-m / s for m, s in zip(IMAGENET_MEAN, IMAGENET_STD))
+
+
 def normalize(image: tf.Tensor) -> tf.Tensor:
   """Maps float32 (..., 3) in [0, 1] to ImageNet-normalised units."""
   mean = np.asarray(IMAGENET_MEAN, np.float32)
@@ -138,11 +165,71 @@ def normalize(image: tf.Tensor) -> tf.Tensor:
   return (image - mean) * inv_std
 
 
+def flip_draw(seed: tf.Tensor) -> tf.Tensor:
+  """The bool scalar draw of ``random_flip`` (True: mirror)."""
+  return tf.random.stateless_uniform([], seed) < 0.5
+
+
 def random_flip(image: tf.Tensor, seed: tf.Tensor) -> tf.Tensor:
   """Mirrors (H, W, C) left-right with probability 0.5."""
-  flip = tf.random.stateless_uniform([], seed) < 0.5
   # tf.cond, not tf.where: a broadcast select over the image is slow.
-  return tf.cond(flip, lambda: tf.reverse(image, axis=[1]), lambda: image)
+  return tf.cond(flip_draw(seed), lambda: tf.reverse(image, axis=[1]),
+                 lambda: image)
+
+
+def mirror_keypoints(keypoints: tf.Tensor, width: tf.Tensor) -> tf.Tensor:
+  """(..., 18, 3) keypoints of an image of ``width`` -> its mirror's."""
+  swapped = tf.gather(keypoints, keypoints_lib.FLIP_PERMUTATION, axis=-2)
+  width = tf.cast(width, keypoints.dtype)
+  return tf.concat([width - swapped[..., :1], swapped[..., 1:]], axis=-1)
+
+
+def scale_keypoints(keypoints: tf.Tensor, sx: tf.Tensor,
+                    sy: tf.Tensor) -> tf.Tensor:
+  """Multiplies x by ``sx`` and y by ``sy`` (a resize)."""
+  factors = tf.stack([tf.cast(sx, tf.float32), tf.cast(sy, tf.float32), 1.0])
+  return keypoints * factors
+
+
+def shift_keypoints(keypoints: tf.Tensor, dx: tf.Tensor,
+                    dy: tf.Tensor) -> tf.Tensor:
+  """Moves keypoints by (-dx, -dy): a crop whose origin is at (dx, dy)."""
+  shift = tf.stack([tf.cast(dx, tf.float32), tf.cast(dy, tf.float32), 0.0])
+  return keypoints - shift
+
+
+def pad_crop_offset(pad: int, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(dy, dx) int32 of ``pad_and_random_crop``: output (i, j) = input
+  (i + dy, j + dx), each uniform in [-pad, pad]."""
+  offset = tf.random.stateless_uniform([2], seed, minval=0,
+                                       maxval=2 * pad + 1, dtype=tf.int32)
+  return offset[0] - pad, offset[1] - pad
+
+
+def enlarged_size(height: int, width: int) -> tuple[int, int]:
+  """The size crop="enlarge" resizes to: round((1 + ENLARGE) x (H, W))."""
+  return (int(round(height * (1 + ENLARGE))),
+          int(round(width * (1 + ENLARGE))))
+
+
+def enlarge_crop_offset(height: int, width: int,
+                        seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+  """(oy, ox) int32 of crop="enlarge": uniform over the valid positions
+  [0, H' - H] x [0, W' - W] of the (H, W) crop in the enlarged image."""
+  big_h, big_w = enlarged_size(height, width)
+  room = tf.constant([big_h - height, big_w - width], tf.float32)
+  u = tf.random.stateless_uniform([2], seed)
+  offset = tf.minimum(tf.floor(u * (room + 1.0)), room)
+  offset = tf.cast(offset, tf.int32)
+  return offset[0], offset[1]
+
+
+def enlarge_and_random_crop(image: tf.Tensor, height: int, width: int,
+                            seed: tf.Tensor) -> tf.Tensor:
+  """Crops (height, width) out of an ``enlarged_size`` (H', W', C) image."""
+  oy, ox = enlarge_crop_offset(height, width, seed)
+  return tf.ensure_shape(image[oy:oy + height, ox:ox + width],
+                         (height, width, image.shape[-1]))
 
 
 def pad_and_random_crop(image: tf.Tensor, pad: int,
@@ -155,12 +242,10 @@ def pad_and_random_crop(image: tf.Tensor, pad: int,
   if pad == 0:
     return image
   shape = tf.shape(image)
-  offset = tf.random.stateless_uniform([2], seed, minval=0,
-                                       maxval=2 * pad + 1, dtype=tf.int32)
   # Output pixel (i, j) is input pixel (i + dy, j + dx). Cutting out the part
   # of the input that stays visible and zero-padding it back to (H, W) gives
   # the same crop as padding first, with one large copy fewer.
-  dy, dx = offset[0] - pad, offset[1] - pad
+  dy, dx = pad_crop_offset(pad, seed)
   visible = image[tf.maximum(dy, 0):shape[0] + tf.minimum(dy, 0),
                   tf.maximum(dx, 0):shape[1] + tf.minimum(dx, 0)]
   cropped = tf.pad(visible, [[tf.maximum(-dy, 0), tf.maximum(dy, 0)],
@@ -234,6 +319,58 @@ def preprocess_eval(data: tf.Tensor, height: int, width: int) -> tf.Tensor:
   return normalize(resize(decode_image(data), height, width))
 
 
+def preprocess_eval_keypoints(data: tf.Tensor, keypoints: tf.Tensor,
+                              height: int, width: int
+                              ) -> tuple[tf.Tensor, tf.Tensor]:
+  """``preprocess_eval`` and the image's (18, 3) keypoints moved with it."""
+  image = decode_image(data)
+  shape = tf.cast(tf.shape(image), tf.float32)
+  keypoints = scale_keypoints(tf.cast(keypoints, tf.float32),
+                              width / shape[1], height / shape[0])
+  return normalize(resize(image, height, width)), keypoints
+
+
+def _augment(data: tf.Tensor, config: AugmentConfig, seed: tf.Tensor,
+             keypoints: tf.Tensor | None):
+  """The training augmentation of an image (and of its keypoints)."""
+  flip_seed, crop_seed, erase_seed = tf.unstack(
+      tf.random.experimental.stateless_split(seed, num=3))
+  image = decode_image(data)
+  if keypoints is not None:
+    keypoints = tf.cast(keypoints, tf.float32)
+    shape = tf.cast(tf.shape(image), tf.float32)
+    if config.flip:
+      keypoints = tf.cond(flip_draw(flip_seed),
+                          lambda: mirror_keypoints(keypoints, shape[1]),
+                          lambda: keypoints)
+  if config.flip:
+    # Before resizing: see the module docstring.
+    image = random_flip(image, flip_seed)
+  if config.crop == "pad":
+    size = (config.height, config.width)
+  else:
+    size = enlarged_size(config.height, config.width)
+  image = resize(image, *size)
+  if keypoints is not None:
+    keypoints = scale_keypoints(keypoints, size[1] / shape[1],
+                                size[0] / shape[0])
+  if config.crop == "pad":
+    image = pad_and_random_crop(image, config.pad, crop_seed)
+    if keypoints is not None and config.pad:
+      dy, dx = pad_crop_offset(config.pad, crop_seed)
+      keypoints = shift_keypoints(keypoints, dx, dy)
+  else:
+    image = enlarge_and_random_crop(image, config.height, config.width,
+                                    crop_seed)
+    if keypoints is not None:
+      oy, ox = enlarge_crop_offset(config.height, config.width, crop_seed)
+      keypoints = shift_keypoints(keypoints, ox, oy)
+  image = normalize(image)
+  image = random_erasing(image, config.random_erasing, erase_seed,
+                         config.erasing_area, config.erasing_min_aspect)
+  return image, keypoints
+
+
 def preprocess_train(data: tf.Tensor, config: AugmentConfig,
                      seed: tf.Tensor) -> tf.Tensor:
   """Encoded bytes -> augmented, normalised float32 (H, W, 3).
@@ -243,14 +380,21 @@ def preprocess_train(data: tf.Tensor, config: AugmentConfig,
     config: augmentation settings.
     seed: (2,) stateless seed of this image (see ``image_seed``).
   """
-  flip_seed, crop_seed, erase_seed = tf.unstack(
-      tf.random.experimental.stateless_split(seed, num=3))
-  image = decode_image(data)
-  if config.flip:
-    # Before resizing: see the module docstring.
-    image = random_flip(image, flip_seed)
-  image = resize(image, config.height, config.width)
-  image = pad_and_random_crop(image, config.pad, crop_seed)
-  image = normalize(image)
-  return random_erasing(image, config.random_erasing, erase_seed,
-                        config.erasing_area, config.erasing_min_aspect)
+  return _augment(data, config, seed, None)[0]
+
+
+def preprocess_train_keypoints(data: tf.Tensor, keypoints: tf.Tensor,
+                               config: AugmentConfig, seed: tf.Tensor
+                               ) -> tuple[tf.Tensor, tf.Tensor]:
+  """``preprocess_train`` (same image) and its (18, 3) keypoints moved along.
+
+  Args:
+    data: scalar string tensor, the encoded image.
+    keypoints: (18, 3) [x, y, confidence] in the original image's pixels.
+    config: augmentation settings.
+    seed: (2,) stateless seed of this image (see ``image_seed``).
+
+  Returns:
+    float32 (H, W, 3) image and (18, 3) keypoints in its pixels.
+  """
+  return _augment(data, config, seed, keypoints)

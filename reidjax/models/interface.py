@@ -7,9 +7,19 @@ both; the evaluator calls their ``pair_distance`` tile by tile.
 
 Inputs are a dict of named per-item arrays. A model declares the fields it
 needs in the class attribute ``input_fields`` (default ``("images",)``); the
-pipelines deliver every field of ``FIELDS``, and the train step, the
-initialisation, the evaluator, ``ReidEmbedder`` and the restore target all
-pass ``select_inputs(model, batch)``: the same dict, the declared fields only.
+pipelines always deliver ``images`` and ``camids``, and ``keypoints`` /
+``parts`` only to a model that declares them (train.py's ``make_pipelines``
+passes the model's fields), and the train step, the initialisation, the
+evaluator, ``ReidEmbedder`` and the restore target all pass
+``select_inputs(model, batch)``: the same dict, the declared fields only.
+
+Pose side inputs (Attention-Driven ReID; ``reidjax.data.keypoints``,
+``reidjax.data.part_boxes``, config ``data.parts``): ``keypoints`` are the
+18 COCO-18 joints [x, y, confidence] of each image in the pixels of the
+delivered ``images`` (after augmentation; confidence 0 = missing);
+``parts`` are the crops of the part boxes R1..R4 (head, upper body, upper
+legs, lower legs). A model that asks for ``parts`` gets as ``images`` the
+whole-body crop R0, resized to (data.height, data.width). Image data only.
 
 A model is a ``flax.linen.Module`` with
 
@@ -41,17 +51,38 @@ PAIR = "pair"
 KINDS = (EMBEDDING, PAIR)
 
 # Per-item input fields the pipelines deliver, with (per-item shape, dtype)
-# as a function of the ``data`` config section. New fields (keypoints, part
-# boxes) are added here and to the pipelines together.
+# as a function of the ``data`` config section. New fields are added here and
+# to the pipelines together.
 FIELDS = {
     # (H, W, 3) images, or (T, H, W, 3) clips; ImageNet-normalised float32.
+    # With "parts" requested: the whole-body crop R0.
     "images": (lambda data: ((data.clip_length,) if data.get("video", False) else ())
                + (data.height, data.width, 3), np.float32),
     # The camera of each item (int32 scalar); camera-aware models use it.
     "camids": (lambda data: (), np.int32),
+    # (18, 3) COCO-18 [x, y, confidence] in the pixels of the delivered images.
+    "keypoints": (lambda data: (18, 3), np.float32),
+    # (4, parts.height, parts.width, 3) part crops R1..R4, normalised like images.
+    "parts": (lambda data: (4, data.parts.height, data.parts.width, 3), np.float32),
 }
-# Fields that are images, mirrored by flip test-time augmentation.
-IMAGE_FIELDS = ("images",)
+# Fields that are images, mirrored by flip test-time augmentation: a part
+# crop's mirror is the crop of the mirrored image's part (the part boxes are
+# mirror-equivariant, ``reidjax.data.part_boxes``).
+IMAGE_FIELDS = ("images", "parts")
+# Fields that flip test-time augmentation cannot mirror by reversing an axis
+# (x -> W - x and left / right joints swapped): evaluation with flip refuses
+# models that take them (``check_flip``).
+UNMIRRORED_FIELDS = ("keypoints",)
+
+
+def check_flip(fields, flip: bool) -> None:
+  """Raises if flip test-time augmentation would mis-mirror one of ``fields``."""
+  bad = [f for f in fields if f in UNMIRRORED_FIELDS]
+  if flip and bad:
+    raise ValueError(
+        f"eval.flip=True mirrors only the image fields {IMAGE_FIELDS}, but the "
+        f"model takes {bad}, which a mirror must also transform (x -> W - x, "
+        "left and right joints swapped). Set --config.eval.flip=False.")
 
 
 def model_kind(model: Any) -> str:

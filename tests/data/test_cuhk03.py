@@ -241,3 +241,69 @@ def test_statistics_checked_when_complete(tmp_path, monkeypatch):
   with pytest.raises(layout_common.StatisticsError,
                      match="gallery: got 2 ids / 3 images, expected 2 / 2"):
     cuhk03.parse_cuhk03(str(root))
+
+
+# ------------------------------------------------------ the classic protocol --
+
+# testsets of the miniature cuhk-03.mat: (pair, person) test persons.
+_TESTSETS = ([(1, 2), (2, 1)], [(1, 1)])
+
+
+def _add_testsets(path, testsets=_TESTSETS):
+  """Adds cuhk-03.mat's ``testsets`` cell (each a (persons, 2) matrix)."""
+  with h5py.File(path, "a") as f:
+    refs = []
+    for k, rows in enumerate(testsets):
+      # HDF5 holds the MATLAB (persons, 2) matrix transposed, as doubles.
+      data = np.asarray(rows, np.float64).T
+      refs.append(f["#refs#"].create_dataset(f"t{k}", data=data).ref)
+    f.create_dataset("testsets", data=np.array([refs], h5py.ref_dtype).T)
+
+
+def test_classic_split(tmp_path):
+  # Only cuhk-03.mat: the classic split needs no 767/700 config.
+  raw = tmp_path / "cuhk03_release" / "cuhk-03.mat"
+  _write_raw_mat(raw)
+  _add_testsets(raw)
+  ds = layouts.parse_dataset("cuhk03_labeled", str(tmp_path), split="classic")
+  image_dir = tmp_path / "images_labeled"
+  # Test persons (1, 2) and (2, 1): labels 2 and 4 in (pair, person) order.
+  test_names = ["1_002_1_01.png", "1_002_2_06.png", "2_001_1_01.png",
+                "2_001_1_02.png", "2_001_2_06.png"]
+  assert ds.query is ds.gallery
+  assert ds.query.paths == tuple(str(image_dir / n) for n in test_names)
+  np.testing.assert_array_equal(ds.query.pids, [2, 2, 4, 4, 4])
+  np.testing.assert_array_equal(ds.query.camids, [0, 1, 0, 0, 1])
+  # Train: persons (1, 1), (1, 3), (2, 2) relabelled 0, 1, 2.
+  assert [os.path.basename(p) for p in ds.train.paths] == [
+      "1_001_1_01.png", "1_001_1_02.png", "1_001_2_06.png", "1_001_2_07.png",
+      "1_003_1_01.png", "1_003_2_06.png", "1_003_2_08.png",
+      "2_002_1_01.png", "2_002_2_06.png"]
+  np.testing.assert_array_equal(ds.train.pids, [0, 0, 0, 0, 1, 1, 1, 2, 2])
+  np.testing.assert_array_equal(ds.train.camids, [0, 0, 1, 1, 0, 1, 1, 0, 1])
+  got = np.asarray(Image.open(image_dir / "2_001_1_02.png"))
+  np.testing.assert_array_equal(got, _pixels("labeled", 2, 1, 2))
+  # The second split, and the detected boxes (person (1, 3) lacks slot 8).
+  other = cuhk03.parse_cuhk03(str(tmp_path), split="classic", classic_split=1,
+                              variant="detected")
+  np.testing.assert_array_equal(other.query.pids, [1, 1, 1, 1])
+  assert len(other.train) == 13 - 4  # 13 detected images, 4 of (1, 1).
+
+
+def test_classic_split_errors(tmp_path):
+  raw = tmp_path / "cuhk-03.mat"
+  _write_raw_mat(raw)
+  with pytest.raises(layout_common.LayoutError, match="'testsets'"):
+    cuhk03.parse_cuhk03(str(tmp_path), split="classic")
+  _add_testsets(raw, ([(1, 2), (3, 1)], [(1, 1)]))
+  with pytest.raises(layout_common.LayoutError, match=r"\(3, 1\)"):
+    cuhk03.parse_cuhk03(str(tmp_path), split="classic")
+  with pytest.raises(ValueError, match="classic_split must be in 0..1"):
+    cuhk03.parse_cuhk03(str(tmp_path), split="classic", classic_split=2)
+  with pytest.raises(ValueError, match="split='classic' only"):
+    cuhk03.parse_cuhk03(str(tmp_path), classic_split=1)
+  with pytest.raises(ValueError, match="'1367/100'"):
+    cuhk03.parse_cuhk03(str(tmp_path), split="1367/100")
+  (tmp_path / "empty").mkdir()
+  with pytest.raises(layout_common.DatasetNotFoundError, match="testsets"):
+    cuhk03.parse_cuhk03(str(tmp_path / "empty"), split="classic")

@@ -63,8 +63,9 @@ def test_options_and_their_defaults():
   defaults = {n: layouts.default_options(n) for n in layouts.DATASETS}
   assert defaults == {
       "market1501": {}, "dukemtmc": {}, "occluded_duke": {},
-      "msmt17": {"include_val": False}, "cuhk03_labeled": {},
-      "cuhk03_detected": {}, "custom": {}, "synthetic": {}, "mars": {},
+      "msmt17": {"include_val": False},
+      "cuhk03_labeled": {"split": "767/700", "classic_split": 0},
+      "cuhk03_detected": {"split": "767/700", "classic_split": 0}, "custom": {}, "synthetic": {}, "mars": {},
       "dukemtmc_video": {}, "ilidsvid": {"split_index": 0},
       "prid2011": {"split_index": 0, "seed": 0, "min_frames": 21},
       "synthetic_video": {}}

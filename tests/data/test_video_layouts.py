@@ -560,6 +560,6 @@ def test_registry_knows_every_dataset(tmp_path):
   assert layouts.VIDEO_DATASETS == ("mars", "dukemtmc_video", "ilidsvid",
                                     "prid2011", "synthetic_video")
   assert layouts.layout_options("ilidsvid") == ("split_index",)
-  assert layouts.layout_options("cuhk03_labeled") == ()
+  assert layouts.layout_options("cuhk03_labeled") == ("split", "classic_split")
   with pytest.raises(ValueError, match="'market1501' does not take option"):
     layouts.parse_dataset("market1501", str(tmp_path), seed=1)

@@ -23,7 +23,7 @@ import jax
 import ml_collections
 
 from reidjax.backbones import build_backbone, last_feature_map
-from reidjax.models import baseline, dcanet, duatm, interface
+from reidjax.models import attdriven, baseline, cacenet, dcanet, duatm, fgra, interface
 
 Objective = Callable[[dict[str, Any], dict[str, jax.Array], ml_collections.ConfigDict],
                      tuple[Any, dict[str, Any]]]
@@ -43,6 +43,9 @@ MODELS: dict[str, ModelEntry] = {
     "baseline": ModelEntry(baseline.StrongBaseline, baseline.baseline_objective),
     "duatm": ModelEntry(duatm.DuATM, duatm.duatm_objective),
     "dcanet": ModelEntry(dcanet.DCANet, dcanet.dcanet_objective),
+    "cacenet": ModelEntry(cacenet.CACENet, cacenet.cacenet_objective),
+    "fgra": ModelEntry(fgra.FGRA, fgra.fgra_objective),
+    "attdriven": ModelEntry(attdriven.AttentionDriven, attdriven.attdriven_objective),
 }
 
 

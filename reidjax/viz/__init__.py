@@ -24,6 +24,12 @@ _PAPER_FIGURES = {
     "pair_attention_figure": "reidjax.viz.duatm",
     "draw_attention_maps": "reidjax.viz.dcanet",
     "attention_maps_figure": "reidjax.viz.dcanet",
+    "draw_cross_edges": "reidjax.viz.cacenet",
+    "pair_edges_figure": "reidjax.viz.cacenet",
+    "draw_region_responses": "reidjax.viz.fgra",
+    "region_alignment_figure": "reidjax.viz.fgra",
+    "draw_part_attention": "reidjax.viz.attdriven",
+    "part_attention_figure": "reidjax.viz.attdriven",
 }
 
 __all__ = [

@@ -1,13 +1,18 @@
 r"""Trains a ReID model, checkpoints it and evaluates it.
 
+  python train.py --config configs/duatm.py     # the paper's synthetic set
   python train.py --config configs/baseline.py:synthetic --workdir workdirs/quickstart
   python train.py --config configs/baseline.py:market1501 --workdir /tmp/m \
       --config.data.root=/data/Market-1501-v15.09.15 --config.optimizer.lr=3e-4
 
 Re-running the same command on a workdir that holds a checkpoint resumes from
-it. SIGTERM or Ctrl-C saves a checkpoint and stops. Outputs in the workdir:
-``checkpoints/``, ``train_metrics.jsonl``, ``eval_metrics.jsonl`` and
-``results.json`` (the final evaluation).
+it. SIGTERM or Ctrl-C saves a checkpoint and stops. Without ``--workdir`` the
+run goes to ``workdirs/<config file name>_<data.name>`` (printed at the
+start). Outputs in the workdir: ``checkpoints/``, ``train_metrics.jsonl``,
+``eval_metrics.jsonl``, ``results.json`` (the final evaluation) and
+TensorBoard event files (losses, lr, img/s, rank-k, mAP, mINP, and at each
+evaluation a ranked list of a few fixed queries and, for DCANet and DuATM,
+the paper's attention figure: ``tensorboard --logdir workdirs``).
 """
 
 import functools
@@ -17,19 +22,58 @@ import signal
 import sys
 
 import jax
+import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from reidjax import inference
 from reidjax.data import clips, datasets, pipeline, sampler as sampler_lib, transforms
 from reidjax.data.index import VideoDataset
-from reidjax.evaluate import runner
 from reidjax.models import build_model, get_objective
 from reidjax.train import checkpoint, optimizer, progress, sharding, state as state_lib, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
-_WORKDIR = flags.DEFINE_string("workdir", None, "Where checkpoints and metrics go.")
-flags.mark_flags_as_required(["config", "workdir"])
+_WORKDIR = flags.DEFINE_string(
+    "workdir", None, "Where checkpoints and metrics go; default "
+    "workdirs/<config file name>_<data.name>, e.g. workdirs/duatm_synthetic.")
+flags.mark_flags_as_required(["config"])
+
+# Queries drawn in the TensorBoard ranked list at each evaluation (evenly
+# spaced over the query split, the same ones every time) and their top k.
+RANKED_LIST_QUERIES = 4
+RANKED_LIST_TOP_K = 10
+
+
+def default_workdir(config_path: str, config) -> str:
+  """``workdirs/<config file name>_<data.name>``, e.g. ``workdirs/duatm_synthetic``."""
+  paper = os.path.splitext(os.path.basename(config_path.split(":")[0]))[0]
+  return os.path.join("workdirs", f"{paper}_{config.data.name}")
+
+
+def evaluate_and_write(evaluator, state, step: int, writer, model_name: str,
+                       data_config) -> dict:
+  """Runs the evaluator; writes its scalars, a ranked list and (DCANet, DuATM)
+  the paper's attention figure to TensorBoard."""
+  results = evaluator.run(state, step)
+  writer.scalars(step, "eval", results)
+  if jax.process_index() == 0:
+    num_queries = len(evaluator.query.pids)
+    shown = sorted(set(np.linspace(0, num_queries - 1, RANKED_LIST_QUERIES).astype(int)))
+    images = {"ranked_list": np.asarray(evaluator.ranked_list(shown,
+                                                               top_k=RANKED_LIST_TOP_K))}
+    # The paper's attention figure (DCANet, DuATM) of the first shown query and
+    # its nearest gallery item.
+    nearest = int(np.argmin(evaluator.distances(shown[:1])[0]))
+    attention = inference.attention_figure(
+        model_name, evaluator.model,
+        evaluator.last_variables, data_config,
+        inference.split_items(evaluator.query)[shown[0]],
+        inference.split_items(evaluator.gallery)[nearest])
+    if attention is not None:
+      images["attention"] = np.asarray(attention.convert("RGB"))
+    writer.images(step, "eval", images)
+  return results
 
 
 class StopRequest:
@@ -61,24 +105,35 @@ def check_pretrained(config) -> None:
       "scratch on purpose, add --config.model.backbone.from_scratch=True.")
 
 
-def make_pipelines(cfg, dataset, readers, *, train_sampler, seed, start_step, process):
+def make_pipelines(cfg, dataset, readers, *, train_sampler, seed, start_step, process,
+                   model=None, eval_flip=False):
   """The training stream, and the evaluator's batch maker and clip planner.
+
+  ``model``'s input fields decide whether the image pipelines add "keypoints" /
+  "parts" (``pipeline.pose_field_inputs``); a model taking keypoints refuses
+  ``eval_flip`` (flip test-time augmentation cannot mirror them).
 
   Returns:
     (train batches, make_batches, test_clips): ``test_clips`` is None for
     image data.
   """
+  from reidjax.models import interface  # pylint: disable=g-import-not-at-top
+  fields = interface.input_fields(model) if model is not None else ("images",)
+  interface.check_flip(fields, eval_flip)
+  pose = pipeline.pose_field_inputs(cfg, dataset, fields)
   augment = transforms.AugmentConfig(height=cfg.height, width=cfg.width, flip=cfg.flip,
-                                     pad=cfg.pad, random_erasing=cfg.random_erasing)
+                                     pad=cfg.pad, crop=cfg.crop,
+                                     random_erasing=cfg.random_erasing)
   sampling = dict(sampler=train_sampler, augment=augment, seed=seed, start_step=start_step,
                   reader=readers["train"], skip_corrupt=cfg.skip_corrupt, **process)
   evaluation = dict(batch_size=cfg.eval_batch_size, height=cfg.height, width=cfg.width,
                     **process)
   reader = lambda split: readers["query"] if split is dataset.query else readers["gallery"]
   if not cfg.video:
-    batches = pipeline.train_batches(dataset.train, **sampling)
-    make_batches = lambda split: pipeline.eval_batches(split, reader=reader(split),
-                                                       **evaluation)
+    batches = pipeline.train_batches(dataset.train, **sampling, **pose["train"])
+    make_batches = lambda split: pipeline.eval_batches(
+        split, reader=reader(split), **evaluation,
+        **pose["query" if split is dataset.query else "gallery"])
     return batches, make_batches, None
   batches = pipeline.train_clip_batches(
       dataset.train, clip_length=cfg.clip_length, strategy=cfg.train_clip_strategy,
@@ -93,7 +148,10 @@ def make_pipelines(cfg, dataset, readers, *, train_sampler, seed, start_step, pr
 
 def main(argv):
   del argv
-  config, workdir = _CONFIG.value, _WORKDIR.value
+  config = _CONFIG.value
+  workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
+      flags.FLAGS["config"]), config)
+  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   progress.quiet_library_logs()
   check_pretrained(config)
   os.makedirs(workdir, exist_ok=True)
@@ -152,13 +210,14 @@ def main(argv):
                  if frozen_steps > start_step else None)
   batches, make_batches, test_clips = make_pipelines(
       cfg_data, dataset, readers, train_sampler=sampler, seed=config.seed,
-      start_step=start_step, process=process)
-  evaluator = runner.Evaluator.from_config(
+      start_step=start_step, process=process, model=model, eval_flip=config.eval.flip)
+  evaluator = inference.RecordingEvaluator.from_config(
       config.eval, model, mesh, query=dataset.query, gallery=dataset.gallery,
       make_batches=make_batches, test_clips=test_clips, workdir=workdir, seed=config.seed)
+  writer = progress.TensorBoardWriter(workdir)
   logger = progress.ProgressLogger(workdir, total_steps=total_steps, start_step=start_step,
                                    global_batch_size=global_batch,
-                                   every_steps=config.train.log_every_steps)
+                                   every_steps=config.train.log_every_steps, writer=writer)
   logging.info("Training %s: %d epochs x %d steps (an epoch: %s), global batch %d on %d "
                "device(s).", config.model.name, config.schedule.epochs, steps_per_epoch,
                cfg_data.epoch, global_batch, mesh.size)
@@ -171,19 +230,24 @@ def main(argv):
     logger.update(step, metrics)
     ckpt.save(step, state, config)
     if stop.signum is not None:
+      logger.close()
+      writer.close()
       ckpt.save(step, state, config, force=True)
       ckpt.wait()
       logging.warning("Stopped by signal %d at step %d; checkpoint saved. Re-run the same "
                       "command to resume.", stop.signum, step)
       sys.exit(128 + stop.signum)
     if eval_every and step % eval_every == 0 and step != total_steps:
-      evaluator.run(state, step)
+      evaluate_and_write(evaluator, state, step, writer, config.model.name, cfg_data)
       logger.reset_timer(step)
 
   batches.close()  # Stop the training pipeline's background prefetching.
+  logger.close()
   ckpt.save(total_steps, state, config, force=True)
   ckpt.wait()
-  results = evaluator.run(state, total_steps)
+  results = evaluate_and_write(evaluator, state, total_steps, writer, config.model.name,
+                               cfg_data)
+  writer.close()
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)

@@ -1,9 +1,10 @@
 """Restore a trained model from a workdir and embed images with it.
 
-  embedder = ReidEmbedder.from_workdir("workdirs/quickstart")
+  embedder = ReidEmbedder.from_workdir("workdirs/quickstart")  # or reidjax.restore(...)
   features = embedder.embed(images)        # (N, H, W, 3) uint8 RGB -> (N, D)
+  features = embedder.embed(["a.jpg", "b.png"])  # image files of any size
   dist = embedder.distance(query_features, gallery_features)   # (Q, G)
-  order = np.argsort(dist, axis=1)         # each query's gallery ranking
+  order = embedder.rank(query_features, gallery_features)      # (Q, G) indices
 
 Video models take clips, (N, T, H, W, 3). A model that declares more input
 fields than ``images`` gets them as keyword arguments of ``embed``, e.g.
@@ -12,11 +13,20 @@ of per-item arrays from ``embed``; ``distance`` then runs the model's
 ``pair_distance`` in tiles. The checkpoint carries the run's config, so
 nothing but the workdir is needed; it restores onto whatever devices this
 process has.
+
+Image files are read with PIL as RGB and resized to the run's (data.height,
+data.width) one by one (PIL bilinear, antialiased when shrinking), then
+normalised like the pipeline's images.
+
+``RecordingEvaluator`` is the trainer's evaluator that also keeps the last
+features it computed, so that train.py and ``python -m reidjax.evaluate``
+can draw ranked lists without embedding the test set twice.
 """
 
 from __future__ import annotations
 
-from typing import Any
+import os
+from typing import Any, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -24,7 +34,7 @@ import ml_collections
 import numpy as np
 
 from reidjax import imagenet
-from reidjax.evaluate import distance, features, ranking
+from reidjax.evaluate import distance, features, ranking, runner
 from reidjax.models import build_model, interface
 from reidjax.train import checkpoint, sharding
 from reidjax.train.state import abstract_variables
@@ -50,6 +60,130 @@ def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:
   if x.shape[1:3] != (height, width):
     x = jax.image.resize(x, (x.shape[0], height, width, 3), "bilinear")
   return x
+
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+
+
+def _is_path(item: Any) -> bool:
+  return isinstance(item, (str, os.PathLike))
+
+
+def load_images(paths: Sequence[str | os.PathLike], height: int, width: int) -> np.ndarray:
+  """Image files (any size, any PIL format) -> uint8 RGB (N, height, width, 3)."""
+  # pylint: disable=g-import-not-at-top
+  from PIL import Image, UnidentifiedImageError
+  out = np.empty((len(paths), height, width, 3), np.uint8)
+  for i, path in enumerate(paths):
+    try:
+      with Image.open(path) as image:
+        out[i] = np.asarray(image.convert("RGB").resize((width, height), Image.BILINEAR))
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+      raise ValueError(f"Cannot read image {os.fspath(path)!r} ({e}); pass JPEG or PNG "
+                       "files.") from e
+  return out
+
+
+def list_images(folder: str) -> list[str]:
+  """The image files directly under ``folder`` (IMAGE_EXTENSIONS), sorted by name."""
+  if not os.path.isdir(folder):
+    raise NotADirectoryError(f"{folder!r} is not a folder of images.")
+  paths = sorted(os.path.join(folder, name) for name in os.listdir(folder)
+                 if name.lower().endswith(IMAGE_EXTENSIONS))
+  if not paths:
+    raise ValueError(f"No image ({', '.join(IMAGE_EXTENSIONS)}) directly under {folder!r}.")
+  return paths
+
+
+def query_distances(kind: str, query_features: Any, gallery_features: Any, *,
+                    metric: str, normalize: bool, pair_fn=None, params: Any = None,
+                    mesh: jax.sharding.Mesh | None = None) -> np.ndarray:
+  """(Q, G) distances as the evaluator computes them for a model of ``kind``.
+
+  Embedding models: ``distance.pairwise_distance`` with ``metric`` /
+  ``normalize``; pair models: ``pair_fn(params, a, b)`` tile by tile.
+  """
+  if kind == interface.PAIR:
+    return ranking.pairwise_distance_tiled(pair_fn, query_features, gallery_features,
+                                           mesh=mesh, params=params)
+  return np.asarray(distance.pairwise_distance(query_features, gallery_features,
+                                               metric=metric, normalize=normalize))
+
+
+def take(tree: Any, indices: Sequence[int]) -> Any:
+  """Rows ``indices`` of every leaf of a features pytree."""
+  indices = np.asarray(indices)
+  return jax.tree.map(lambda x: np.asarray(x)[indices], tree)
+
+
+class RecordingEvaluator(runner.Evaluator):
+  """The trainer's evaluator, keeping the features of its last ``run``.
+
+  ``last_features[split]`` ("query" / "gallery") holds the (N, ...) features
+  (tracklet features for video) of the last evaluation, and
+  ``last_variables`` the variables they came from.
+  """
+
+  def __init__(self, *args, **kwargs):
+    super().__init__(*args, **kwargs)
+    self.last_features: dict[str, Any] = {}
+    self.last_variables: Any = None
+
+  def embed(self, variables: Any, split: Any) -> Any:
+    out = super().embed(variables, split)
+    self.last_features["query" if split is self.query else "gallery"] = out
+    self.last_variables = variables
+    return out
+
+  def distances(self, query_indices: Sequence[int] | None = None) -> np.ndarray:
+    """(len(query_indices), G) distances of the last run's features (all queries
+    by default), by the run's metric or the pair model's distance."""
+    query = self.last_features["query"]
+    if query_indices is not None:
+      query = take(query, query_indices)
+    return query_distances(self.kind, query, self.last_features["gallery"],
+                           metric=self.metric, normalize=self.normalize,
+                           pair_fn=self._pair_fn, params=self.last_variables,
+                           mesh=self.mesh)
+
+  def ranked_list(self, query_indices: Sequence[int], *, top_k: int = 10,
+                  cell: tuple[int, int] = (128, 64), path: str | None = None):
+    """``reidjax.viz.report.ranked_list_image`` of ``query_indices`` (PIL image)."""
+    # pylint: disable=g-import-not-at-top
+    from reidjax.viz import report
+    query_indices = list(query_indices)
+    return report.ranked_list_image(
+        split_items(self.query), split_items(self.gallery), self.distances(query_indices),
+        self.query.pids, self.gallery.pids, self.query.camids, self.gallery.camids,
+        query_indices=query_indices, top_k=top_k, cell=cell,
+        camera_filter=self._protocol["camera_filter"], path=path)
+
+
+def attention_figure(model_name: str, model: Any, variables: Any, data_config: Any,
+                     query_path: str, gallery_path: str, path: str | None = None):
+  """The paper's attention figure (PIL image) where the model has a cheap one.
+
+  DCANet: the K spatial attention maps of the query (``reidjax.viz.dcanet``);
+  DuATM: the pair attention of the query and a gallery item
+  (``reidjax.viz.duatm``). Image models only; None for other models.
+  """
+  if data_config.get("video", False) or model_name not in ("dcanet", "duatm"):
+    return None
+  # pylint: disable=g-import-not-at-top
+  from PIL import Image
+  from reidjax.viz import dcanet, duatm
+  # pylint: enable=g-import-not-at-top
+  size = (data_config.height, data_config.width)
+  load = lambda p: np.asarray(Image.open(p).convert("RGB"))
+  if model_name == "dcanet":
+    return dcanet.attention_maps_figure(model, variables, load(query_path), path, size=size)
+  return duatm.pair_attention_figure(model, variables, load(query_path), load(gallery_path),
+                                     path, size=size)
+
+
+def split_items(split: Any) -> Sequence[Any]:
+  """Per item of an image or video split: its path (video: its frame paths)."""
+  return split.paths if hasattr(split, "paths") else split.tracklets
 
 
 class ReidEmbedder:
@@ -86,13 +220,20 @@ class ReidEmbedder:
     ckpt.close()
     return cls(model, variables, config, mesh)
 
-  def embed(self, images: np.ndarray, batch_size: int = 64, **fields: np.ndarray) -> Any:
+  def embed(self, images: np.ndarray | Sequence[str], batch_size: int = 64,
+            **fields: np.ndarray) -> Any:
     """Images (N, H, W, 3) or clips (N, T, H, W, 3), uint8 RGB or normalised
-    float -> (N, D) features (pair models: a dict of (N, ...) arrays).
+    float, or a list of N image files of any size -> (N, D) features (pair
+    models: a dict of (N, ...) arrays).
 
     ``fields``: the model's other input fields, (N, ...) each.
     """
     height, width = self.config.data.height, self.config.data.width
+    if not isinstance(images, np.ndarray) and len(images) and all(map(_is_path, images)):
+      if self.config.data.get("video", False):
+        raise ValueError("This is a video model: pass clips (N, T, H, W, 3), not image "
+                         "files.")
+      images = load_images(images, height, width)
     inputs = interface.select_inputs(self.model, {"images": images, **fields})
     for name, value in inputs.items():
       if len(value) != len(images):
@@ -117,10 +258,17 @@ class ReidEmbedder:
     Embedding models: the config's ``eval.metric`` (and ``eval.normalize``);
     pair models: the model's ``pair_distance``, tile by tile.
     """
-    if self.kind == interface.PAIR:
-      return ranking.pairwise_distance_tiled(self._pair_fn, query_features,
-                                             gallery_features, mesh=self.mesh,
-                                             params=self.variables)
-    return np.asarray(distance.pairwise_distance(
-        query_features, gallery_features, metric=self.config.eval.metric,
-        normalize=self.config.eval.get("normalize", False)))
+    return query_distances(self.kind, query_features, gallery_features,
+                           metric=self.config.eval.metric,
+                           normalize=self.config.eval.get("normalize", False),
+                           pair_fn=self._pair_fn, params=self.variables, mesh=self.mesh)
+
+  def rank(self, query_features: Any, gallery_features: Any) -> np.ndarray:
+    """(Q, G) gallery indices, nearest first (stable: ties by gallery index)."""
+    return np.argsort(self.distance(query_features, gallery_features), axis=1,
+                      kind="stable")
+
+
+def restore(workdir: str, step: int | None = None) -> ReidEmbedder:
+  """The embedder of ``workdir``'s checkpoint at ``step`` (default: the latest)."""
+  return ReidEmbedder.from_workdir(workdir, step)

@@ -27,9 +27,10 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 from reidjax import inference
-from reidjax.data import clips, datasets, pipeline, sampler as sampler_lib, transforms
+from reidjax.data import build, datasets, sampler as sampler_lib
 from reidjax.data.index import VideoDataset
-from reidjax.models import build_model, get_objective
+from reidjax.models import build_model, get_objective, interface
+from reidjax.models.registry import model_entry
 from reidjax.train import checkpoint, optimizer, progress, sharding, state as state_lib, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
@@ -105,47 +106,6 @@ def check_pretrained(config) -> None:
       "scratch on purpose, add --config.model.backbone.from_scratch=True.")
 
 
-def make_pipelines(cfg, dataset, readers, *, train_sampler, seed, start_step, process,
-                   model=None, eval_flip=False):
-  """The training stream, and the evaluator's batch maker and clip planner.
-
-  ``model``'s input fields decide whether the image pipelines add "keypoints" /
-  "parts" (``pipeline.pose_field_inputs``); a model taking keypoints refuses
-  ``eval_flip`` (flip test-time augmentation cannot mirror them).
-
-  Returns:
-    (train batches, make_batches, test_clips): ``test_clips`` is None for
-    image data.
-  """
-  from reidjax.models import interface  # pylint: disable=g-import-not-at-top
-  fields = interface.input_fields(model) if model is not None else ("images",)
-  interface.check_flip(fields, eval_flip)
-  pose = pipeline.pose_field_inputs(cfg, dataset, fields)
-  augment = transforms.AugmentConfig(height=cfg.height, width=cfg.width, flip=cfg.flip,
-                                     pad=cfg.pad, crop=cfg.crop,
-                                     random_erasing=cfg.random_erasing)
-  sampling = dict(sampler=train_sampler, augment=augment, seed=seed, start_step=start_step,
-                  reader=readers["train"], skip_corrupt=cfg.skip_corrupt, **process)
-  evaluation = dict(batch_size=cfg.eval_batch_size, height=cfg.height, width=cfg.width,
-                    **process)
-  reader = lambda split: readers["query"] if split is dataset.query else readers["gallery"]
-  if not cfg.video:
-    batches = pipeline.train_batches(dataset.train, **sampling, **pose["train"])
-    make_batches = lambda split: pipeline.eval_batches(
-        split, reader=reader(split), **evaluation,
-        **pose["query" if split is dataset.query else "gallery"])
-    return batches, make_batches, None
-  batches = pipeline.train_clip_batches(
-      dataset.train, clip_length=cfg.clip_length, strategy=cfg.train_clip_strategy,
-      stride=cfg.clip_stride, **sampling)
-  make_batches = lambda split, plan: pipeline.eval_clip_batches(
-      split, plan, reader=reader(split), **evaluation)
-  test_clips = functools.partial(clips.plan_test_clips, clip_length=cfg.test_clip_length,
-                                 strategy=cfg.test_clip_strategy,
-                                 stride=cfg.test_clip_stride)
-  return batches, make_batches, test_clips
-
-
 def main(argv):
   del argv
   config = _CONFIG.value
@@ -199,6 +159,13 @@ def main(argv):
     state = state_lib.create_train_state(model, tx, seed=config.seed,
                                          data_config=cfg_data, mesh=mesh,
                                          backbone_config=config.model.backbone)
+    if config.model.get("pretrained", ""):
+      transfer = model_entry(config.model.name).transfer_pretrained
+      if transfer is None:
+        raise ValueError(f"model.pretrained is set, but model {config.model.name!r} starts "
+                         "from model.backbone.pretrained (ImageNet weights) instead.")
+      state = state_lib.start_from_run(state, tx, config.model.pretrained, mesh, transfer)
+      logging.info("Started from the variables of %s.", config.model.pretrained)
   start_step = int(state.step)
 
   make_step = functools.partial(step_lib.make_train_step, get_objective(config.model.name),
@@ -208,9 +175,11 @@ def main(argv):
   frozen_step = (make_step(freeze_backbone=True,
                            frozen_backbone_bn=config.optimizer.freeze_backbone_bn)
                  if frozen_steps > start_step else None)
-  batches, make_batches, test_clips = make_pipelines(
-      cfg_data, dataset, readers, train_sampler=sampler, seed=config.seed,
-      start_step=start_step, process=process, model=model, eval_flip=config.eval.flip)
+  fields = interface.input_fields(model)
+  interface.check_flip(fields, config.eval.flip)
+  batches, make_batches, test_clips = build.make_pipelines(
+      cfg_data, dataset, readers, fields, train_sampler=sampler, seed=config.seed,
+      start_step=start_step, **process)
   evaluator = inference.RecordingEvaluator.from_config(
       config.eval, model, mesh, query=dataset.query, gallery=dataset.gallery,
       make_batches=make_batches, test_clips=test_clips, workdir=workdir, seed=config.seed)

@@ -17,8 +17,9 @@ Options: ``--flip`` (flip test-time augmentation, ``eval.flip``),
 ``--top_k K`` (pair models: rank by the global embedding, re-rank each
 query's top K by the pair distance, ``eval.rerank_top_k``), ``--rerank``
 (k-reciprocal re-ranking, Zhong et al. CVPR 2017, of the (Q + G)^2 distances:
-``reidjax.evaluate.rerank.k_reciprocal_rerank`` with k1 = 20, k2 = 6,
-lambda = 0.3; its memory grows as (Q + G)^2).
+``reidjax.evaluate.rerank.k_reciprocal_rerank`` with the config's
+``eval.rerank_k1``, ``rerank_k2``, ``rerank_lambda``; its memory grows as
+(Q + G)^2).
 
 The report folder (default ``<workdir>/report_<step>_<dataset>``) holds:
 
@@ -51,10 +52,6 @@ import jax
 import numpy as np
 from absl import logging
 from ml_collections import config_flags
-
-# Rerank parameters of Zhong et al. (CVPR 2017), the values every ReID toolbox uses.
-RERANK_K1, RERANK_K2, RERANK_LAMBDA = 20, 6, 0.3
-
 
 def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser = argparse.ArgumentParser(
@@ -89,38 +86,6 @@ def _override(config, overrides: list[str]):
   return flag_values.config
 
 
-def eval_inputs(data_config, dataset, readers, model, eval_flip: bool):
-  """(make_batches, test_clips) for the evaluator, as train.py builds them.
-
-  The evaluation half of train.py's ``make_pipelines`` (query / gallery
-  batches with the model's pose fields, the video test-clip plan).
-  """
-  # pylint: disable=g-import-not-at-top
-  import functools
-  from reidjax.data import clips, pipeline
-  from reidjax.models import interface
-  # pylint: enable=g-import-not-at-top
-  fields = interface.input_fields(model)
-  interface.check_flip(fields, eval_flip)
-  process = dict(process_index=jax.process_index(), process_count=jax.process_count())
-  evaluation = dict(batch_size=data_config.eval_batch_size, height=data_config.height,
-                    width=data_config.width, **process)
-  reader = lambda split: readers["query"] if split is dataset.query else readers["gallery"]
-  if not data_config.video:
-    pose = pipeline.pose_field_inputs(data_config, dataset, fields)
-    make_batches = lambda split: pipeline.eval_batches(
-        split, reader=reader(split), **evaluation,
-        **pose["query" if split is dataset.query else "gallery"])
-    return make_batches, None
-  make_batches = lambda split, plan: pipeline.eval_clip_batches(
-      split, plan, reader=reader(split), **evaluation)
-  test_clips = functools.partial(clips.plan_test_clips,
-                                 clip_length=data_config.test_clip_length,
-                                 strategy=data_config.test_clip_strategy,
-                                 stride=data_config.test_clip_stride)
-  return make_batches, test_clips
-
-
 def average_precision_per_query(distmat: np.ndarray, query_pids, gallery_pids,
                                 query_camids, gallery_camids,
                                 camera_filter: bool = True) -> np.ndarray:
@@ -149,9 +114,9 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
   """
   # pylint: disable=g-import-not-at-top
   from reidjax import inference
-  from reidjax.data import datasets
+  from reidjax.data import build, datasets
   from reidjax.evaluate import metrics as metrics_lib, rerank as rerank_lib
-  from reidjax.models import build_model
+  from reidjax.models import build_model, interface
   from reidjax.train import checkpoint, progress, sharding
   from reidjax.train.state import abstract_variables
   from reidjax.viz import report
@@ -176,8 +141,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
 
   dataset, readers = datasets.load_data(config.data)
   logging.info("%s", dataset.summary())
-  make_batches, test_clips = eval_inputs(config.data, dataset, readers, model,
-                                         config.eval.flip)
+  fields = interface.input_fields(model)
+  interface.check_flip(fields, config.eval.flip)
+  make_batches, test_clips = build.eval_inputs(
+      config.data, dataset, readers, fields, process_index=jax.process_index(),
+      process_count=jax.process_count())
   evaluator = inference.RecordingEvaluator.from_config(
       config.eval, model, mesh, query=dataset.query, gallery=dataset.gallery,
       make_batches=make_batches, test_clips=test_clips, seed=config.seed)
@@ -191,8 +159,9 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
     pair = lambda a, b: inference.query_distances(
         evaluator.kind, a, b, metric=evaluator.metric, normalize=evaluator.normalize,
         pair_fn=evaluator._pair_fn, params=variables, mesh=mesh)  # pylint: disable=protected-access
-    distmat = rerank_lib.k_reciprocal_rerank(distmat, pair(q, q), pair(g, g), k1=RERANK_K1,
-                                             k2=RERANK_K2, lambda_value=RERANK_LAMBDA)
+    distmat = rerank_lib.k_reciprocal_rerank(
+        distmat, pair(q, q), pair(g, g), k1=config.eval.rerank_k1,
+        k2=config.eval.rerank_k2, lambda_value=config.eval.rerank_lambda)
     reranked = metrics_lib.evaluate_ranking(distmat, *labels, max_rank=evaluator.max_rank,
                                             **evaluator._protocol)  # pylint: disable=protected-access
     result.update(reranked.to_dict())

@@ -8,8 +8,8 @@ both; the evaluator calls their ``pair_distance`` tile by tile.
 Inputs are a dict of named per-item arrays. A model declares the fields it
 needs in the class attribute ``input_fields`` (default ``("images",)``); the
 pipelines always deliver ``images`` and ``camids``, and ``keypoints`` /
-``parts`` only to a model that declares them (train.py's ``make_pipelines``
-passes the model's fields), and the train step, the initialisation, the
+``parts`` only to a model that declares them (``reidjax.data.build``
+is given the model's fields), and the train step, the initialisation, the
 evaluator, ``ReidEmbedder`` and the restore target all pass
 ``select_inputs(model, batch)``: the same dict, the declared fields only.
 

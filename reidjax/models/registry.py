@@ -34,9 +34,15 @@ _SECTION_KEYS = ("name", "backbone", "dtype", "num_classes")
 
 @dataclasses.dataclass(frozen=True)
 class ModelEntry:
-  """A model class and the objective that trains it."""
+  """A model class and the objective that trains it.
+
+  ``transfer_pretrained(fresh, restored)``: for models whose ``model.pretrained``
+  names a reidjax run of the same network (no ImageNet weights exist), the
+  variables to start from (``reidjax.train.state.start_from_run``).
+  """
   model: type[nn.Module]
   objective: Objective
+  transfer_pretrained: Callable[[Any, Any], dict[str, Any]] | None = None
 
 
 MODELS: dict[str, ModelEntry] = {
@@ -45,7 +51,8 @@ MODELS: dict[str, ModelEntry] = {
     "dcanet": ModelEntry(dcanet.DCANet, dcanet.dcanet_objective),
     "cacenet": ModelEntry(cacenet.CACENet, cacenet.cacenet_objective),
     "fgra": ModelEntry(fgra.FGRA, fgra.fgra_objective),
-    "attdriven": ModelEntry(attdriven.AttentionDriven, attdriven.attdriven_objective),
+    "attdriven": ModelEntry(attdriven.AttentionDriven, attdriven.attdriven_objective,
+                            attdriven.transfer_pretrained),
 }
 
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Callable
 
 import flax.linen as nn
 import jax
@@ -12,8 +12,8 @@ from flax.training import train_state
 from jax.sharding import Mesh
 
 from reidjax.backbones import torchvision_import
-from reidjax.models import interface
-from reidjax.train import sharding
+from reidjax.models import interface, registry
+from reidjax.train import checkpoint, sharding
 
 
 class TrainState(train_state.TrainState):
@@ -100,3 +100,28 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
   devices restores onto this mesh.
   """
   return _replicated_structs(jax.eval_shape(_init_fn(model, tx, 0, data_config)), mesh)
+
+
+def start_from_run(state: TrainState, tx: optax.GradientTransformation, workdir: str,
+                   mesh: Mesh, transfer: Callable[[Any, Any], dict[str, Any]]) -> TrainState:
+  """``state`` with the variables of the latest checkpoint of another run.
+
+  ``model.pretrained`` for networks without ImageNet weights (Attention-Driven
+  ReID): the run in ``workdir`` is restored with its own config (any number
+  of identities), and ``transfer(fresh_variables, restored_variables)`` (the
+  model's ``ModelEntry.transfer_pretrained``) says what is copied. The
+  optimizer starts afresh.
+  """
+  ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1)
+  if ckpt.latest_step() is None:
+    raise FileNotFoundError(f"model.pretrained = {workdir!r} holds no checkpoint: name "
+                            "the workdir of a finished reidjax run of the same network.")
+  source_config = ckpt.restore_config()
+  source_model = registry.build_model(source_config.model, source_config.model.num_classes)
+  restored = ckpt.restore_variables(abstract_variables(source_model, source_config.data, mesh))
+  ckpt.close()
+  variables = transfer({"params": state.params, "batch_stats": state.batch_stats}, restored)
+  return state.replace(
+      params=variables["params"], batch_stats=variables["batch_stats"],
+      opt_state=jax.jit(tx.init, out_shardings=sharding.replicated(mesh))(variables["params"]))
+

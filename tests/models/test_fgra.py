@@ -233,4 +233,3 @@ def test_train_py_end_to_end_on_tiny_video(tmp_path):
   with open(tmp_path / "wd" / "results.json") as f:
     results = json.load(f)
   assert results["num_valid_queries"] + results["num_skipped_queries"] == 3
-  assert 0.0 <= results["mAP"] <= 1.0

@@ -38,6 +38,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidjax.viz.duatm import FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, overlay, panel_origin
+from reidjax.viz import panels
 from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 BRANCHES = ("global", "part1", "part2", "part3", "part4")
@@ -45,22 +46,6 @@ BRANCH_TITLES = ("R0 whole body", "R1 head", "R2 upper body", "R3 upper legs", "
 STAGES = (2, 3, 4)
 BOX_COLORS = ((255, 255, 255), (255, 0, 0), (0, 200, 0), (0, 90, 255), (255, 200, 0))
 BOX_LINE = 2
-
-
-def _as_uint8_image(image: Any, name: str = "image") -> np.ndarray:
-  if isinstance(image, Image.Image):
-    image = np.asarray(image.convert("RGB"))
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"{name} must be a uint8 (H, W, 3) RGB image, got {image.dtype} "
-                     f"{image.shape}; pass the image before normalisation.")
-  return image
-
-
-def _resize(image: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
-  if image.shape[:2] == tuple(cell):
-    return image
-  return np.asarray(Image.fromarray(image).resize((cell[1], cell[0]), Image.BILINEAR))
 
 
 def box_in_cell(box: Sequence[float], image_size: tuple[int, int],
@@ -95,13 +80,13 @@ def draw_part_attention(image: Any, boxes: Any, crops: Sequence[Any],
   Returns:
     The RGB image.
   """
-  image = _as_uint8_image(image)
+  image = panels.as_uint8_image(image)
   boxes = np.asarray(boxes, np.float64)
   if boxes.shape != (5, 4):
     raise ValueError(f"boxes must be (5, 4) R0..R4, got shape {boxes.shape}.")
   if len(crops) != 5:
     raise ValueError(f"crops must be the 5 crops R0..R4, got {len(crops)}.")
-  crops = [_as_uint8_image(c, f"crops[{k}]") for k, c in enumerate(crops)]
+  crops = [panels.as_uint8_image(c, f"crops[{k}]") for k, c in enumerate(crops)]
   if cell is None:
     scale = max(1, -(-MIN_CELL_WIDTH // image.shape[1]))
     cell = (image.shape[0] * scale, image.shape[1] * scale)
@@ -123,14 +108,14 @@ def draw_part_attention(image: Any, boxes: Any, crops: Sequence[Any],
     draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=FRAME_COLOR)
     canvas.paste(Image.fromarray(pixels), (x + FRAME, y + FRAME))
 
-  put(0, 0, _resize(image, cell), "boxes")
+  put(0, 0, panels.resize(image, cell), "boxes")
   x0, y0 = (v + FRAME for v in panel_origin(0, 0, cell))
   for k, box in enumerate(boxes):
     x1, y1, x2, y2 = box_in_cell(box, image.shape[:2], cell)
     draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=BOX_COLORS[k],
                    width=BOX_LINE)
   for row, (branch, title) in enumerate(zip(BRANCHES, BRANCH_TITLES)):
-    crop = _resize(crops[row], cell)
+    crop = panels.resize(crops[row], cell)
     put(row, 1, crop, title)
     for col, stage in enumerate(STAGES, start=2):
       m = maps.get(branch, {}).get(f"stage{stage}")
@@ -185,7 +170,7 @@ def part_attention_figure(model: Any, variables: Any, image: Any, keypoints: Any
   """
   # pylint: disable-next=g-import-not-at-top
   from reidjax.data import part_boxes as part_boxes_lib
-  image = _as_uint8_image(image)
+  image = panels.as_uint8_image(image)
   if not callable(getattr(model, "attention_maps", None)):
     raise ValueError(f"{type(model).__name__} has no attention_maps; pass an AttentionDriven "
                      "model.")

@@ -35,6 +35,7 @@ from PIL import Image, ImageDraw
 
 from reidjax.viz.duatm import (FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, panel_origin,
                                position_box)
+from reidjax.viz import panels
 from reidjax.viz.report import BACKGROUND, FRAME, MARGIN
 
 EDGE_COLOR = (255, 0, 0)
@@ -77,16 +78,6 @@ def edge_segment(edge: tuple[int, int, float], grid: tuple[int, int],
   return ends[0], ends[1]
 
 
-def _as_uint8_image(image: Any, name: str) -> np.ndarray:
-  if isinstance(image, Image.Image):
-    image = np.asarray(image.convert("RGB"))
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3 or image.dtype != np.uint8:
-    raise ValueError(f"{name} must be a uint8 RGB (H, W, 3) image (before "
-                     f"normalisation), got {image.dtype} {image.shape}.")
-  return image
-
-
 def draw_cross_edges(query: Any, gallery: Any, grid: tuple[int, int],
                      edges: Sequence[tuple[int, int, float]], *,
                      cell: tuple[int, int] | None = None, note: str = "",
@@ -102,7 +93,7 @@ def draw_cross_edges(query: Any, gallery: Any, grid: tuple[int, int],
     note: text at the start of the header.
     path: if set, the PNG is written there.
   """
-  query, gallery = _as_uint8_image(query, "query"), _as_uint8_image(gallery, "gallery")
+  query, gallery = panels.as_uint8_image(query, "query"), panels.as_uint8_image(gallery, "gallery")
   if query.shape != gallery.shape:
     raise ValueError(f"query and gallery must have the same size, got {query.shape} "
                      f"and {gallery.shape}.")
@@ -162,7 +153,7 @@ def cross_image_adjacency(model: Any, variables: Any, query: Any, gallery: Any, 
                      "PairGraph has no Eq. 4 adjacency).")
   if model.pair_score != "conditional":
     model = model.clone(pair_score="conditional")
-  query, gallery = _as_uint8_image(query, "query"), _as_uint8_image(gallery, "gallery")
+  query, gallery = panels.as_uint8_image(query, "query"), panels.as_uint8_image(gallery, "gallery")
   height, width = size if size is not None else query.shape[:2]
   images = normalize_images(np.stack([query, gallery]), height, width)
   grid = jax.eval_shape(lambda v, x: model.apply(v, {"images": x}, method="features"),
@@ -184,18 +175,11 @@ def pair_edges_figure(model: Any, variables: Any, query: Any, gallery: Any,
     num_edges: how many edges.
     cell: panel size (see ``draw_cross_edges``).
   """
-  query, gallery = _as_uint8_image(query, "query"), _as_uint8_image(gallery, "gallery")
+  query, gallery = panels.as_uint8_image(query, "query"), panels.as_uint8_image(gallery, "gallery")
   grid, adjacency = cross_image_adjacency(model, variables, query, gallery, size=size)
   edges = strongest_cross_edges(adjacency, num_edges)
   note = f"max {edges[0][2]:.3g}" if edges else "no positive cross-image edge"
   return draw_cross_edges(query, gallery, grid, edges, cell=cell, note=note, path=path)
-
-
-def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No image file {path!r}.")
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -218,8 +202,8 @@ def main(argv: Sequence[str] | None = None) -> str:
   from reidjax.inference import ReidEmbedder
   embedder = ReidEmbedder.from_workdir(args.workdir, args.step, model_name="cacenet")
   size = (embedder.config.data.height, embedder.config.data.width)
-  pair_edges_figure(embedder.model, embedder.variables, _load_image(args.query, size),
-                    _load_image(args.gallery, size), args.out, size=size,
+  pair_edges_figure(embedder.model, embedder.variables, panels.load_image(args.query, size),
+                    panels.load_image(args.gallery, size), args.out, size=size,
                     num_edges=args.edges)
   print(f"Wrote {args.out}")
   return args.out

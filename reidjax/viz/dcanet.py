@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 
 from reidjax.viz.duatm import (FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE,
                                overlay, panel_origin)
+from reidjax.viz import panels
 from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 DEFAULT_COLUMNS = 8
@@ -46,18 +47,6 @@ DEFAULT_COLUMNS = 8
 def map_panel(block: int, columns: int = DEFAULT_COLUMNS) -> tuple[int, int]:
   """(row, col) of block ``block``'s panel (0-based block index)."""
   return block // columns, 1 + block % columns
-
-
-def _as_uint8_image(image: Any) -> np.ndarray:
-  if isinstance(image, Image.Image):
-    image = np.asarray(image.convert("RGB"))
-  image = np.asarray(image)
-  if image.ndim != 3 or image.shape[-1] != 3:
-    raise ValueError(f"image must be an (H, W, 3) RGB image, got shape {image.shape}.")
-  if image.dtype != np.uint8:
-    raise ValueError(f"image must be uint8 RGB for display, got {image.dtype}; pass "
-                     "the image before normalisation.")
-  return image
 
 
 def _default_cell(image: np.ndarray) -> tuple[int, int]:
@@ -83,7 +72,7 @@ def draw_attention_maps(image: Any, attention: Any, *, cell: tuple[int, int] | N
   Returns:
     The RGB image.
   """
-  image = _as_uint8_image(image)
+  image = panels.as_uint8_image(image)
   attention = np.asarray(attention, np.float32)
   if attention.ndim != 3 or attention.shape[0] < 1:
     raise ValueError(f"attention must be (K, h, w) maps, got shape {attention.shape}.")
@@ -157,7 +146,7 @@ def spatial_attention(model: Any, variables: Any, image: Any, *,
   if model.attention == "channel":
     raise ValueError("This DCANet has no spatial module (model.attention='channel'): "
                      "there are no spatial attention maps to draw.")
-  image = _as_uint8_image(image)
+  image = panels.as_uint8_image(image)
   height, width = size if size is not None else image.shape[:2]
   x = normalize_images(image[None], height, width)
   outputs = _dcam_outputs(model, variables, x)
@@ -182,17 +171,10 @@ def attention_maps_figure(model: Any, variables: Any, image: Any, path: str | No
   Returns:
     The RGB image.
   """
-  image = _as_uint8_image(image)
+  image = panels.as_uint8_image(image)
   stage, maps = spatial_attention(model, variables, image, stage=stage, size=size)
   return draw_attention_maps(image, maps, cell=cell, columns=columns,
                              note=f"stage {stage}, K = {maps.shape[0]}", path=path)
-
-
-def _load_image(path: str, size: tuple[int, int]) -> np.ndarray:
-  if not os.path.isfile(path):
-    raise FileNotFoundError(f"No image file {path!r}.")
-  with Image.open(path) as image:
-    return np.asarray(image.convert("RGB").resize((size[1], size[0]), Image.BILINEAR))
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -216,7 +198,7 @@ def main(argv: Sequence[str] | None = None) -> str:
   embedder = ReidEmbedder.from_workdir(args.workdir, args.step, model_name="dcanet")
   config = embedder.config
   size = (config.data.height, config.data.width)
-  attention_maps_figure(embedder.model, embedder.variables, _load_image(args.image, size),
+  attention_maps_figure(embedder.model, embedder.variables, panels.load_image(args.image, size),
                         args.out, stage=args.stage, size=size, columns=args.columns)
   print(f"Wrote {args.out}")
   return args.out

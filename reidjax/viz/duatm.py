@@ -59,6 +59,7 @@ import numpy as np
 from PIL import Image, ImageDraw
 
 from reidjax.layers.dual_attention import attention_weights
+from reidjax.viz import panels
 from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 HEADER, TITLE, BAR = 14, 14, 24
@@ -161,13 +162,6 @@ def _as_uint8(image: Any, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be uint8 RGB for display, got "
                      f"{image.dtype}; pass the images before normalisation.")
   return image
-
-
-def _resize(image: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
-  if image.shape[:2] == tuple(cell):
-    return image
-  return np.asarray(Image.fromarray(image).resize((cell[1], cell[0]),
-                                                  Image.BILINEAR))
 
 
 def _default_cell(image: np.ndarray) -> tuple[int, int]:
@@ -290,7 +284,7 @@ def _header(weights, note) -> str:
 def _draw_images(image_a, image_b, weights, drawn, grid, cell,
                  note) -> Image.Image:
   h, w = cell
-  a, b = _resize(image_a, cell), _resize(image_b, cell)
+  a, b = panels.resize(image_a, cell), panels.resize(image_b, cell)
   header = _header(weights, note) + " | a (i outlined) | intra a | inter a->b"
   titles = [_title(weights, p, reason, " (r%d c%d)" % divmod(p, grid[1]))
             for p, reason in drawn]
@@ -333,7 +327,7 @@ def _draw_video(clip_a, clip_b, weights, drawn, cell, note) -> Image.Image:
   canvas = Image.new("RGB", (width, height), BACKGROUND)
   draw = ImageDraw.Draw(canvas)
   draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
-  thumbs = [[_resize(f, cell) for f in clip] for clip in (clip_a, clip_b)]
+  thumbs = [[panels.resize(f, cell) for f in clip] for clip in (clip_a, clip_b)]
   for row, ((position, _), title) in enumerate(zip(drawn, titles)):
     x, y = video_panel_origin(row, 0, 0, cell)
     draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)

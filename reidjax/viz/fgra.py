@@ -38,6 +38,7 @@ from PIL import Image, ImageDraw
 
 from reidjax.layers.alignment import region_bounds
 from reidjax.viz.duatm import FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, overlay, panel_origin
+from reidjax.viz import panels
 from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 BOX_COLOR = (255, 0, 0)
@@ -61,12 +62,6 @@ def _as_uint8_clip(frames: Any) -> np.ndarray:
     raise ValueError(f"frames must be uint8 RGB for display, got {frames.dtype}; pass "
                      "the frames before normalisation.")
   return frames
-
-
-def _resize(image: np.ndarray, cell: tuple[int, int]) -> np.ndarray:
-  if image.shape[:2] == cell:
-    return image
-  return np.asarray(Image.fromarray(image).resize((cell[1], cell[0]), Image.BILINEAR))
 
 
 def draw_region_responses(frames: Any, responses: Any, weights: Any = None, *,
@@ -98,7 +93,7 @@ def draw_region_responses(frames: Any, responses: Any, weights: Any = None, *,
     scale = max(1, -(-MIN_CELL_WIDTH // frames.shape[2]))
     cell = (frames.shape[1] * scale, frames.shape[2] * scale)
   cell = tuple(int(v) for v in cell)
-  shown = [_resize(f, cell) for f in frames]
+  shown = [panels.resize(f, cell) for f in frames]
   h, w = cell
   header = ((f"{note} | " if note else "")
             + f"FGRA: {num_regions} regions of the reference frame (red) and their "

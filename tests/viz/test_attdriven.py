@@ -13,6 +13,7 @@ from reidjax.data import keypoints as keypoints_lib
 from reidjax.data import part_boxes
 from reidjax.viz import attdriven as viz
 from reidjax.viz import duatm as duatm_viz
+from reidjax.viz import panels
 
 IMAGE_SIZE = (64, 32)
 CELL = (256, 128)  # 64 x 32 enlarged x4 to MIN_CELL_WIDTH wide
@@ -85,7 +86,7 @@ def test_figure_boxes_and_maps_come_from_the_part_boxes_and_the_model(tmp_path):
   crops, inputs = viz.crops_and_inputs(image, boxes, data)
   maps = model.apply(variables, inputs, method="attention_maps")
   for row, branch in enumerate(viz.BRANCHES):
-    crop = viz._resize(crops[row], CELL)  # pylint: disable=protected-access
+    crop = panels.resize(crops[row], CELL)  # pylint: disable=protected-access
     np.testing.assert_array_equal(_panel(canvas, row, 1), crop)
     for col, stage in zip((2, 3, 4), viz.STAGES):
       m = np.asarray(maps[branch][f"stage{stage}"][0])

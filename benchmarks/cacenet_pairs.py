@@ -53,15 +53,8 @@ from configs import cacenet as cacenet_config  # noqa: E402  (the repository's c
 from reidjax import models  # noqa: E402
 from reidjax.evaluate import ranking, streaming  # noqa: E402
 from reidjax.train import sharding  # noqa: E402
-
-
-def _timings(fn, *args, repeats: int) -> list[float]:
-  times = []
-  for _ in range(repeats):
-    start = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    times.append(time.perf_counter() - start)
-  return times
+# The timing loop of the DuATM pair benchmark (this folder is on sys.path).
+from pair_distance import _timings  # noqa: E402  pylint: disable=g-import-not-at-top
 
 
 def pair_flops(n: int, d: int, e: int) -> int:
@@ -145,6 +138,9 @@ def main():
   g_prep, q_prep = streaming.prepare_pair(q_features, g_features, "cosine", False, 1e-12, mesh)
   first = ranking.first_stage_step("cosine", k, mesh)
   tile = 256
+  if args.num_query < tile:
+    raise SystemExit(f"--num_query must be at least {tile} (one first-stage tile), got "
+                     f"{args.num_query}.")
   rows = lambda lo: streaming.put(q_prep[lo:lo + tile], mesh, PartitionSpec(sharding.DATA_AXIS))
   jax.block_until_ready(first(rows(0), g_prep))
   start = time.perf_counter()

@@ -164,7 +164,9 @@ def _max_pool(inputs, window_shape, strides=None, padding="VALID"):
 
 def _avg_pool(inputs, window_shape, strides=None, padding="VALID", count_include_pad=True):
   if not count_include_pad and not (isinstance(padding, str) and padding == "VALID"):
-    raise NotImplementedError("ONNX export: avg_pool with count_include_pad=False and padding.")
+    # No model of ours pools this way; say so rather than export other numbers.
+    raise ValueError("ONNX export does not support avg_pool with count_include_pad=False "
+                     f"and padding {padding!r}; export with --format stablehlo instead.")
   return _pool_by_slices(inputs, window_shape, strides, padding, mean=True)
 
 

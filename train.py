@@ -31,7 +31,8 @@ from reidjax.data import build, datasets, sampler as sampler_lib
 from reidjax.data.index import VideoDataset
 from reidjax.models import build_model, get_objective, interface
 from reidjax.models.registry import model_entry
-from reidjax.train import checkpoint, optimizer, progress, sharding, state as state_lib, step as step_lib
+from reidjax import checkpoint, logs, sharding
+from reidjax.train import optimizer, progress, state as state_lib, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
@@ -112,7 +113,7 @@ def main(argv):
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
       flags.FLAGS["config"]), config)
   print(f"workdir: {os.path.abspath(workdir)}", flush=True)
-  progress.quiet_library_logs()
+  logs.quiet_library_logs()
   check_pretrained(config)
   os.makedirs(workdir, exist_ok=True)
   stop = StopRequest()

@@ -52,7 +52,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import cacenet as cacenet_config  # noqa: E402  (the repository's configs)
 from reidjax import models  # noqa: E402
 from reidjax.evaluate import ranking, streaming  # noqa: E402
-from reidjax.train import sharding  # noqa: E402
+from reidjax import sharding  # noqa: E402
 # The timing loop of the DuATM pair benchmark (this folder is on sys.path).
 from pair_distance import _timings  # noqa: E402  pylint: disable=g-import-not-at-top
 

@@ -26,7 +26,8 @@ import numpy as np
 import optax
 
 from reidjax.models import build_model, get_objective, interface
-from reidjax.train import optimizer, sharding, state as state_lib, step as step_lib
+from reidjax import sharding
+from reidjax.train import optimizer, state as state_lib, step as step_lib
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 

@@ -36,8 +36,8 @@ import numpy as np
 from reidjax import imagenet
 from reidjax.evaluate import distance, features, ranking, runner
 from reidjax.models import build_model, interface
-from reidjax.train import checkpoint, sharding
-from reidjax.train.state import abstract_variables
+from reidjax import checkpoint, sharding
+from reidjax.models.variables import abstract_variables
 
 
 def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:

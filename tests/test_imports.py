@@ -33,9 +33,23 @@ def _run(code: str, *args: str) -> subprocess.CompletedProcess:
 def test_model_side_imports_without_tensorflow():
   out = _run(_BLOCK + """
 import reidjax.models, reidjax.layers, reidjax.losses, reidjax.train
-import reidjax.train.checkpoint, reidjax.train.step, reidjax.train.state
+import reidjax.checkpoint, reidjax.train.step, reidjax.train.state
 import reidjax.evaluate, reidjax.evaluate.runner, reidjax.inference
 """ + _CHECK)
+  assert out.returncode == 0, out.stderr[-2000:]
+  assert out.stdout.strip() == "ok"
+
+
+def test_evaluation_and_inference_do_not_import_training_code():
+  # Data flows one way: training writes checkpoints, evaluation reads them.
+  out = _run("""
+import sys
+import reidjax.evaluate, reidjax.evaluate.__main__, reidjax.inference, reidjax.search
+import reidjax.export, reidjax.checkpoint, reidjax.sharding, reidjax.models.variables
+training = sorted(m for m in sys.modules if m.startswith("reidjax.train"))
+assert not training, training
+print("ok")
+""")
   assert out.returncode == 0, out.stderr[-2000:]
   assert out.stdout.strip() == "ok"
 

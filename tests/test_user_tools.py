@@ -212,8 +212,8 @@ def test_pair_model_exports_its_per_item_embedding(tmp_path):
   from configs import duatm
   from reidjax import export, inference
   from reidjax.models import build_model
-  from reidjax.train import sharding
-  from reidjax.train.state import init_variables
+  from reidjax import sharding
+  from reidjax.models.variables import init_variables
 
   config = duatm.get_config("synthetic")
   config.data.height, config.data.width = 64, 32

@@ -117,11 +117,11 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
   from reidjax.data import build, datasets
   from reidjax.evaluate import metrics as metrics_lib, rerank as rerank_lib
   from reidjax.models import build_model, interface
-  from reidjax.train import checkpoint, progress, sharding
-  from reidjax.train.state import abstract_variables
+  from reidjax import checkpoint, logs, sharding
+  from reidjax.models.variables import abstract_variables
   from reidjax.viz import report
   # pylint: enable=g-import-not-at-top
-  progress.quiet_library_logs()
+  logs.quiet_library_logs()
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=1)
   if ckpt.latest_step() is None:
     raise FileNotFoundError(f"No checkpoint under {ckpt.directory!r}; train first with "

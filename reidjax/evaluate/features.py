@@ -39,7 +39,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh
 
 from reidjax.models import interface
-from reidjax.train import sharding
+from reidjax import sharding
 
 # Fields of an evaluation batch that are not model inputs.
 BOOKKEEPING_FIELDS = ("mask", "index")

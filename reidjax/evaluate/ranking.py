@@ -96,7 +96,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reidjax.evaluate import counting, distance, protocols, streaming
-from reidjax.train import sharding
+from reidjax import sharding
 
 PairFn = Callable[..., jax.Array]
 COMBINE = ("replace", "sum")

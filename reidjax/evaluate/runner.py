@@ -47,7 +47,7 @@ from jax.sharding import Mesh
 from reidjax.evaluate import (distance, expansion, features, metrics, ranking, rerank,
                               rerank_sparse, streaming, verification, video)
 from reidjax.models import interface
-from reidjax.train import progress
+from reidjax import logs
 
 # The ``eval`` config section: every accepted key with its default.
 CLIP_POOLING = ("mean", "max")
@@ -244,7 +244,7 @@ class Evaluator:
                  "skipped)", step, result["mAP"], result["rank1"], result["mINP"],
                  result["num_valid_queries"], result["num_skipped_queries"])
     if self.workdir:
-      progress.append_jsonl(os.path.join(self.workdir, "eval_metrics.jsonl"), result)
+      logs.append_jsonl(os.path.join(self.workdir, "eval_metrics.jsonl"), result)
     return result
 
   def _expanded(self, query_features, gallery_features):

@@ -1,7 +1,7 @@
 """Streaming evaluation: rank without ever holding the Q x G distance matrix.
 
 Queries are processed in tiles of ``query_tile`` rows. Each tile is split over
-the ``data`` axis of a mesh (``reidjax.train.sharding.make_data_mesh``); on
+the ``data`` axis of a mesh (``reidjax.sharding.make_data_mesh``); on
 every device one jitted ``shard_map`` step computes the (rows, G) distances of
 its rows and, from them, the 0-based ranks of each row's matches with the
 counting kernel of ``counting.py`` (and, for the CUHK03 protocol, the
@@ -37,7 +37,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from reidjax.evaluate import counting, distance, protocols
-from reidjax.train import sharding
+from reidjax import sharding
 
 # local_fn(row_args, shared, kernel_inputs, *, block) -> dict with "ranks"
 # (b, M) int32, "nan" (b,) bool, and "dist" (b, G) when the protocol needs it.

@@ -18,7 +18,6 @@ module imports without TensorFlow.
 
 from __future__ import annotations
 
-import json
 import numbers
 import os
 import sys
@@ -29,22 +28,7 @@ import jax
 import numpy as np
 from absl import logging
 
-
-def quiet_library_logs(prefixes: tuple[str, ...] = ("/orbax/",)) -> None:
-  """Drops INFO records of chatty libraries (Orbax logs every save step by step)."""
-  import logging as std_logging  # absl's handler is a standard logging handler.
-
-  def keep(record: std_logging.LogRecord) -> bool:
-    return record.levelno >= std_logging.WARNING or not any(
-        p in record.pathname for p in prefixes)
-
-  logging.get_absl_handler().addFilter(keep)
-
-
-def append_jsonl(path: str, row: dict[str, Any]) -> None:
-  if jax.process_index() == 0:
-    with open(path, "a", encoding="utf-8") as f:
-      f.write(json.dumps(row) + "\n")
+from reidjax.logs import append_jsonl
 
 
 def _format_seconds(seconds: float) -> str:

@@ -6,14 +6,14 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
 
 from reidjax.backbones import torchvision_import
-from reidjax.models import interface, registry
-from reidjax.train import checkpoint, sharding
+from reidjax.models import registry
+from reidjax.models.variables import abstract_variables, init_variables, replicated_structs
+from reidjax import checkpoint, sharding
 
 
 class TrainState(train_state.TrainState):
@@ -25,28 +25,6 @@ class TrainState(train_state.TrainState):
 
   batch_stats: Any
   rng: jax.Array
-
-
-def init_variables(model: nn.Module, key: jax.Array, data_config: Any) -> dict[str, Any]:
-  """``{"params", "batch_stats"}`` of ``model`` for the inputs the ``data``
-  section describes (one example item of every declared input field)."""
-  inputs = jax.tree.map(jnp.asarray, interface.example_inputs(model, data_config))
-  variables = model.init({"params": key, "dropout": key}, inputs, train=False)
-  return {"params": variables["params"], "batch_stats": variables.get("batch_stats", {})}
-
-
-def abstract_variables(model: nn.Module, data_config: Any, mesh: Mesh) -> dict[str, Any]:
-  """Shapes, dtypes and replicated shardings of ``init_variables``, no compute:
-  the restore target of the variables of a checkpoint."""
-  shapes = jax.eval_shape(
-      lambda: init_variables(model, jax.random.PRNGKey(0), data_config))
-  return _replicated_structs(shapes, mesh)
-
-
-def _replicated_structs(shapes: Any, mesh: Mesh) -> Any:
-  replicated = sharding.replicated(mesh)
-  return jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=replicated), shapes)
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
@@ -99,7 +77,7 @@ def abstract_train_state(model: nn.Module, tx: optax.GradientTransformation, *,
   The restore target of a checkpoint: a checkpoint written on any number of
   devices restores onto this mesh.
   """
-  return _replicated_structs(jax.eval_shape(_init_fn(model, tx, 0, data_config)), mesh)
+  return replicated_structs(jax.eval_shape(_init_fn(model, tx, 0, data_config)), mesh)
 
 
 def start_from_run(state: TrainState, tx: optax.GradientTransformation, workdir: str,

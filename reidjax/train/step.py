@@ -29,7 +29,7 @@ import ml_collections
 from jax.sharding import Mesh
 
 from reidjax.models import interface
-from reidjax.train import sharding
+from reidjax import sharding
 from reidjax.train.optimizer import BACKBONE_SCOPE
 from reidjax.train.state import TrainState
 

@@ -20,7 +20,7 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reidjax.evaluate import distance, metrics, ranking, streaming  # noqa: E402
-from reidjax.train import sharding  # noqa: E402
+from reidjax import sharding  # noqa: E402
 
 
 def pooled_pair_distance(a, b):

@@ -12,7 +12,7 @@ import pytest
 from reidjax.evaluate import features, ranking
 from reidjax.layers.dual_attention import DualAttention, SequenceItems
 from reidjax.models import interface
-from reidjax.train import sharding
+from reidjax import sharding
 from tests.layers import duatm_reference
 
 

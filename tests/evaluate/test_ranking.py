@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 
 from reidjax.evaluate import distance, metrics, numpy_reference, ranking
-from reidjax.train import sharding
+from reidjax import sharding
 from tests.evaluate.test_metrics import assert_same
 
 

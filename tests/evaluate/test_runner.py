@@ -10,7 +10,7 @@ import pytest
 
 from reidjax.evaluate import metrics, numpy_reference, runner
 from reidjax.models import interface
-from reidjax.train import sharding
+from reidjax import sharding
 
 
 class MeanColour(nn.Module):

@@ -19,7 +19,8 @@ import ml_collections  # noqa: E402
 import numpy as np  # noqa: E402
 
 from reidjax.models import build_model, get_objective  # noqa: E402
-from reidjax.train import optimizer, sharding, state as state_lib, step as step_lib  # noqa: E402
+from reidjax import sharding  # noqa: E402
+from reidjax.train import optimizer, state as state_lib, step as step_lib  # noqa: E402
 
 
 def main():

@@ -7,7 +7,8 @@ import optax
 import pytest
 
 from reidjax.models import build_model, get_objective
-from reidjax.train import optimizer, sharding, state as state_lib, step as step_lib
+from reidjax import sharding
+from reidjax.train import optimizer, state as state_lib, step as step_lib
 
 _FROZEN_STEPS = 2
 

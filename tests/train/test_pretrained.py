@@ -7,7 +7,8 @@ import torch
 
 from reidjax.backbones import torch_reference
 from reidjax.models import build_model
-from reidjax.train import optimizer, sharding, state as state_lib
+from reidjax import sharding
+from reidjax.train import optimizer, state as state_lib
 
 
 def test_pretrained_backbone_replaces_only_the_backbone(tmp_path):

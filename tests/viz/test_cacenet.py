@@ -12,7 +12,7 @@ from PIL import Image
 from configs import cacenet as cacenet_config
 from reidjax import models
 from reidjax.inference import normalize_images
-from reidjax.train import checkpoint
+from reidjax import checkpoint
 from reidjax.viz import cacenet as viz
 
 SIZE = (64, 32)

@@ -16,7 +16,7 @@ from PIL import Image
 from reidjax import models
 from reidjax.inference import normalize_images
 from reidjax.models import dcanet
-from reidjax.train import checkpoint
+from reidjax import checkpoint
 from reidjax.viz import dcanet as dcanet_viz
 from reidjax.viz import duatm as duatm_viz
 

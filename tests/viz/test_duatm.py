@@ -16,7 +16,7 @@ from PIL import Image
 from reidjax import models
 from reidjax.inference import normalize_images
 from reidjax.layers import dual_attention
-from reidjax.train import checkpoint
+from reidjax import checkpoint
 from reidjax.viz import duatm as duatm_viz
 from tests.layers import duatm_reference as ref
 

@@ -11,8 +11,8 @@ run goes to ``workdirs/<config file name>_<data.name>`` (printed at the
 start). Outputs in the workdir: ``checkpoints/``, ``train_metrics.jsonl``,
 ``eval_metrics.jsonl``, ``results.json`` (the final evaluation) and
 TensorBoard event files (losses, lr, img/s, rank-k, mAP, mINP, and at each
-evaluation a ranked list of a few fixed queries and, for DCANet and DuATM,
-the paper's attention figure: ``tensorboard --logdir workdirs``).
+evaluation a ranked list of a few fixed queries and the paper's figure
+(every paper but the baseline): ``tensorboard --logdir workdirs``).
 """
 
 import functools
@@ -31,14 +31,28 @@ from reidjax.data import build, datasets, sampler as sampler_lib
 from reidjax.data.index import VideoDataset
 from reidjax.models import build_model, get_objective, interface
 from reidjax.models.registry import model_entry
-from reidjax import checkpoint, logs, sharding
-from reidjax.train import optimizer, progress, state as state_lib, step as step_lib
+from reidjax import checkpoint, distributed, logs, sharding
+from reidjax.train import guard, optimizer, progress, state as state_lib, step as step_lib
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Experiment config file[:arg].",
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string(
     "workdir", None, "Where checkpoints and metrics go; default "
     "workdirs/<config file name>_<data.name>, e.g. workdirs/duatm_synthetic.")
+# Several processes (README "Several hosts"): SLURM, Open MPI and indexed
+# Kubernetes Jobs are detected; on a plain list of hosts pass all three.
+_COORDINATOR_ADDRESS = flags.DEFINE_string(
+    "coordinator_address", None, "Several processes: host:port of process 0.")
+_NUM_PROCESSES = flags.DEFINE_integer("num_processes", None,
+                                      "Several processes: how many.")
+_PROCESS_ID = flags.DEFINE_integer("process_id", None,
+                                   "Several processes: this one's index, 0..N-1.")
+_LOCAL_DEVICE_IDS = flags.DEFINE_string(
+    "local_device_ids", None, "Several processes: this one's local devices, e.g. "
+    "0,1,2,3 (one process per node under SLURM); default: JAX's choice.")
+_ALLOW_CONFIG_CHANGE = flags.DEFINE_bool(
+    "allow_config_change", False, "Resume a checkpoint even though the config changes "
+    "what is trained (model, data, optimizer, schedule, loss); see reidjax.train.guard.")
 flags.mark_flags_as_required(["config"])
 
 # Queries drawn in the TensorBoard ranked list at each evaluation (evenly
@@ -55,26 +69,24 @@ def default_workdir(config_path: str, config) -> str:
 
 def evaluate_and_write(evaluator, state, step: int, writer, model_name: str,
                        data_config) -> dict:
-  """Runs the evaluator; writes its scalars, a ranked list and (DCANet, DuATM)
-  the paper's attention figure to TensorBoard."""
+  """Runs the evaluator; writes its scalars, a ranked list and the paper's
+  figure (``reidjax.viz.paper_figure``; none for the baseline) to TensorBoard."""
   results = evaluator.run(state, step)
   writer.scalars(step, "eval", results)
-  if jax.process_index() == 0:
-    num_queries = len(evaluator.query.pids)
-    shown = sorted(set(np.linspace(0, num_queries - 1, RANKED_LIST_QUERIES).astype(int)))
-    images = {"ranked_list": np.asarray(evaluator.ranked_list(shown,
-                                                               top_k=RANKED_LIST_TOP_K))}
-    # The paper's attention figure (DCANet, DuATM) of the first shown query and
-    # its nearest gallery item.
-    nearest = int(np.argmin(evaluator.distances(shown[:1])[0]))
-    attention = inference.attention_figure(
-        model_name, evaluator.model,
-        evaluator.last_variables, data_config,
-        inference.split_items(evaluator.query)[shown[0]],
-        inference.split_items(evaluator.gallery)[nearest])
-    if attention is not None:
-      images["attention"] = np.asarray(attention.convert("RGB"))
-    writer.images(step, "eval", images)
+  # Every process draws: the distances of a pair model and the figure's forward
+  # pass are computations all processes join; only process 0's writer writes.
+  num_queries = len(evaluator.query.pids)
+  shown = sorted(set(np.linspace(0, num_queries - 1, RANKED_LIST_QUERIES).astype(int)))
+  images = {"ranked_list": np.asarray(evaluator.ranked_list(shown,
+                                                             top_k=RANKED_LIST_TOP_K))}
+  # The paper's figure of the first shown query and its nearest gallery item.
+  nearest = int(np.argmin(evaluator.distances(shown[:1])[0]))
+  attention = inference.paper_figure(
+      model_name, evaluator.model, evaluator.last_variables, data_config,
+      (evaluator.query, "query", shown[0]), (evaluator.gallery, "gallery", nearest))
+  if attention is not None:
+    images["attention"] = np.asarray(attention.convert("RGB"))
+  writer.images(step, "eval", images)
   return results
 
 
@@ -109,13 +121,19 @@ def check_pretrained(config) -> None:
 
 def main(argv):
   del argv
+  # Before anything touches the devices; does nothing on one process.
+  distributed.initialize(_COORDINATOR_ADDRESS.value, _NUM_PROCESSES.value, _PROCESS_ID.value,
+                         local_device_ids=distributed.parse_device_ids(_LOCAL_DEVICE_IDS.value))
   config = _CONFIG.value
   workdir = _WORKDIR.value or default_workdir(config_flags.get_config_filename(
       flags.FLAGS["config"]), config)
-  print(f"workdir: {os.path.abspath(workdir)}", flush=True)
+  if jax.process_index() == 0:
+    print(f"workdir: {os.path.abspath(workdir)}", flush=True)
   logs.quiet_library_logs()
   check_pretrained(config)
-  os.makedirs(workdir, exist_ok=True)
+  # Before a large dataset loads: the workdir is writable and ours alone.
+  guard.check_workdir_writable(workdir)
+  guard.lock_workdir(workdir)
   stop = StopRequest()
   mesh = sharding.make_data_mesh()
   process = dict(process_index=jax.process_index(), process_count=jax.process_count())
@@ -137,7 +155,8 @@ def main(argv):
   steps_per_epoch = sampler.steps_per_epoch
   total_steps = config.schedule.epochs * steps_per_epoch
 
-  # Model, optimizer, state (fresh or resumed).
+  # Model, optimizer, state (fresh or resumed). A resumed config is checked
+  # against the checkpoint's, and the disk for room for one more checkpoint.
   model = build_model(config.model, config.model.num_classes)
   schedule = optimizer.make_schedule(config.schedule, lr=config.optimizer.lr,
                                      steps_per_epoch=steps_per_epoch)
@@ -151,10 +170,20 @@ def main(argv):
                     "model.backbone.pretrained to an ImageNet checkpoint, or set "
                     "freeze_backbone_epochs=0.", config.optimizer.freeze_backbone_epochs)
   ckpt = checkpoint.Checkpointer(workdir, save_every_steps=config.train.checkpoint_every_steps,
-                                 max_to_keep=config.train.keep_checkpoints)
-  if ckpt.latest_step() is not None:
-    state = ckpt.restore(state_lib.abstract_train_state(model, tx, data_config=cfg_data,
-                                                        mesh=mesh))
+                                 max_to_keep=config.train.keep_checkpoints,
+                                 remove_unfinished=True)
+  nonfinite = guard.NonFiniteWatch(config.train.on_nonfinite, ckpt)
+  resume_step = ckpt.latest_step()
+  if resume_step is not None:  # Before any Orbax restore: the same model and recipe?
+    guard.check_resume_config(checkpoint.config_to_json(ckpt.restore_config()),
+                              checkpoint.config_to_json(config),
+                              checkpoint_path=ckpt.path(resume_step),
+                              allow_change=_ALLOW_CONFIG_CHANGE.value)
+  abstract_state = state_lib.abstract_train_state(model, tx, data_config=cfg_data, mesh=mesh)
+  guard.check_room_for_checkpoint(ckpt.directory, abstract_state,
+                                  keep_checkpoints=config.train.keep_checkpoints)
+  if resume_step is not None:
+    state = ckpt.restore(abstract_state)
     logging.info("Resumed from %s at step %d.", ckpt.directory, int(state.step))
   else:
     state = state_lib.create_train_state(model, tx, seed=config.seed,
@@ -167,10 +196,16 @@ def main(argv):
                          "from model.backbone.pretrained (ImageNet weights) instead.")
       state = state_lib.start_from_run(state, tx, config.model.pretrained, mesh, transfer)
       logging.info("Started from the variables of %s.", config.model.pretrained)
+  state = nonfinite.start(state, mesh)
   start_step = int(state.step)
+  if jax.process_index() == 0:
+    # A run killed after its last checkpoint logged steps that are trained again.
+    for name in ("train_metrics.jsonl", "eval_metrics.jsonl"):
+      guard.drop_rows_after(os.path.join(workdir, name), start_step)
 
   make_step = functools.partial(step_lib.make_train_step, get_objective(config.model.name),
-                                config.loss, mesh, schedule, model=model)
+                                config.loss, mesh, schedule, model=model,
+                                grad_accum_steps=config.train.grad_accum_steps)
   train_step = make_step()
   # While the backbone is frozen: no gradient through it, BatchNorm as configured.
   frozen_step = (make_step(freeze_backbone=True,
@@ -197,16 +232,27 @@ def main(argv):
   for step in range(start_step + 1, total_steps + 1):
     run_step = frozen_step if step <= frozen_steps else train_step
     state, metrics = run_step(state, sharding.to_global_batch(next(batches), mesh))
-    logger.update(step, metrics)
+    logged = logger.update(step, metrics) is not None
+    stopping = stop.signum is not None
+    if jax.process_count() > 1:
+      # Every process stops at the same step; agreeing waits for the device,
+      # so it is asked on logging steps only.
+      stopping = logged and distributed.any_process(stopping)
+    # Non-finite steps are checked where the host waits anyway (logging, saving),
+    # and always before a save: no state after a non-finite step is saved in
+    # "stop" mode.
+    if logged or stopping or step == total_steps or ckpt.should_save(step):
+      nonfinite.check(state, step, metrics)
     ckpt.save(step, state, config)
-    if stop.signum is not None:
+    if stopping:
       logger.close()
       writer.close()
       ckpt.save(step, state, config, force=True)
       ckpt.wait()
+      signum = stop.signum or signal.SIGTERM  # Another process got the signal.
       logging.warning("Stopped by signal %d at step %d; checkpoint saved. Re-run the same "
-                      "command to resume.", stop.signum, step)
-      sys.exit(128 + stop.signum)
+                      "command to resume.", signum, step)
+      sys.exit(128 + signum)
     if eval_every and step % eval_every == 0 and step != total_steps:
       evaluate_and_write(evaluator, state, step, writer, config.model.name, cfg_data)
       logger.reset_timer(step)
@@ -221,9 +267,11 @@ def main(argv):
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "results.json"), "w", encoding="utf-8") as f:
       json.dump(results, f, indent=2)
-  print(f"{dataset.name}: mAP {results['mAP']:.4f}  rank-1 {results['rank1']:.4f}  "
-        f"rank-5 {results['rank5']:.4f}  mINP {results['mINP']:.4f}", flush=True)
+    print(f"{dataset.name}: mAP {results['mAP']:.4f}  rank-1 {results['rank1']:.4f}  "
+          f"rank-5 {results['rank5']:.4f}  mINP {results['mINP']:.4f}", flush=True)
 
 
 if __name__ == "__main__":
-  app.run(main)
+  # A misnamed or wrongly typed --config.* override: a clear message, no traceback.
+  from configs import common as config_common  # pylint: disable=g-import-not-at-top
+  app.run(main, flags_parser=config_common.parse_flags)

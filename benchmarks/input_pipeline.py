@@ -17,11 +17,16 @@ what a real bounding box does; files repeat the pool under distinct names
 building, thread start-up, page cache) are excluded. Prints one JSON object:
 throughput, and the process's CPU time per image / frame, which does not
 depend on what else runs on a shared machine (throughput does: the 1-minute
-load average before and after is reported with it).
+load average before and after is reported with it). From the CPU time:
+images (frames) per second per CPU core (one core busy for one second, all
+the pipeline's threads counted), and the cores that feed
+``--target_images_per_s`` (4,000: the one-GPU training goal of issue 15),
+assuming the pipeline scales with cores (tf.data's parallel map and
+interleave: autotuned, one JPEG decode per element).
 
   python benchmarks/input_pipeline.py [--mode both|image|video] [--steps 40]
       [--warmup 5] [--num_ids 751] [--images_per_id 17] [--tracklets 400]
-      [--frames_per_tracklet 60] [--clip_length 8]
+      [--frames_per_tracklet 60] [--clip_length 8] [--target_images_per_s 4000]
 """
 
 from __future__ import annotations
@@ -128,12 +133,15 @@ def main(argv=None) -> None:
   parser.add_argument("--video_instances", type=int, default=4)
   parser.add_argument("--height", type=int, default=256)
   parser.add_argument("--width", type=int, default=128)
+  parser.add_argument("--target_images_per_s", type=float, default=4000.0,
+                      help="report the CPU cores that feed this many images (frames)/s")
   args = parser.parse_args(argv)
 
   augment = AugmentConfig(args.height, args.width)
   result = {"cpus": os.cpu_count(), "load_1min_before": _load(),
             "output_size": [args.height, args.width], "steps": args.steps,
-            "warmup_steps": args.warmup}
+            "warmup_steps": args.warmup,
+            "target_images_per_s": args.target_images_per_s}
   root = tempfile.mkdtemp(prefix="reidjax-input-bench-")
   try:
     pool = _jpeg_pool(0, (128, 64))
@@ -155,7 +163,9 @@ def main(argv=None) -> None:
           "batch": args.num_identities * args.num_instances,
           "images_per_s": round(images / seconds, 1),
           "ms_per_batch": round(1e3 * seconds / args.steps, 2),
-          "cpu_us_per_image": round(1e6 * cpu / images, 1)}
+          "cpu_us_per_image": round(1e6 * cpu / images, 1),
+          "images_per_s_per_core": round(images / cpu, 1),
+          "cores_for_target": round(args.target_images_per_s * cpu / images, 2)}
     if args.mode in ("both", "video"):
       split = make_video_split(os.path.join(root, "video"), pool,
                                args.tracklets, args.frames_per_tracklet)
@@ -177,7 +187,9 @@ def main(argv=None) -> None:
           "frames_per_s": round(frames / seconds, 1),
           "clips_per_s": round(clips / seconds, 1),
           "ms_per_batch": round(1e3 * seconds / args.steps, 2),
-          "cpu_us_per_frame": round(1e6 * cpu / frames, 1)}
+          "cpu_us_per_frame": round(1e6 * cpu / frames, 1),
+          "frames_per_s_per_core": round(frames / cpu, 1),
+          "cores_for_target": round(args.target_images_per_s * cpu / frames, 2)}
   finally:
     gc.collect()
     shutil.rmtree(root, ignore_errors=True)

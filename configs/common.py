@@ -21,12 +21,24 @@ The dataset names come from the layout registry (`reidjax.data.layouts`),
 which imports no TensorFlow.
 """
 
+import difflib
+import re
+from typing import Sequence
+
+from absl import flags
 import ml_collections
 
 from reidjax.data.datasets import SYNTHETIC_WRITERS
 # IMAGE_DATASETS / VIDEO_DATASETS are re-exported for the paper configs.
 from reidjax.data.layouts import DATASETS, IMAGE_DATASETS, VIDEO_DATASETS, default_options  # noqa: F401
 
+
+# ``model.dtype`` of every paper config: the computation dtype of the
+# activations. "auto" is bfloat16 on GPU/TPU and float32 on CPU, resolved in
+# one place (reidjax.backbones.compute_dtype); "float32" / "bfloat16" force
+# one. Parameters, BatchNorm statistics, losses, softmaxes and distances stay
+# float32 (README "bf16").
+MODEL_DTYPE = "auto"
 
 # The generated sets, shared by every paper's quick start (one set per root:
 # the writers refuse to overwrite a set written with other arguments).
@@ -140,6 +152,13 @@ def train_config() -> ml_collections.ConfigDict:
   t.checkpoint_every_steps = 1000
   t.keep_checkpoints = 3
   t.eval_every_epochs = 40  # 0: only at the end.
+  # M > 1: the forward in M micro-batches (activation memory of one), the
+  # losses and batch-hard mining on the whole P x K batch (reidjax.train.accumulate).
+  t.grad_accum_steps = 1
+  # A step whose loss or gradient is not finite never updates the state; then
+  # "stop": stop, naming the step and the last good checkpoint; "skip": drop
+  # that update, count it and go on.
+  t.on_nonfinite = "stop"
   return t
 
 
@@ -175,3 +194,95 @@ def eval_config(name: str) -> ml_collections.ConfigDict:
   e.query_expansion_alpha = 3.0
   e.verification = False  # TPR at FPR 1e-4, 1e-3, 1e-2 over all pairs
   return e
+
+
+# --config.<path>=<value> (or --noconfig.<path> for booleans) on a command line.
+_OVERRIDE = re.compile(r"^--?(?:no)?(?P<flag>[A-Za-z_][\w]*)\.(?P<path>[^=]+)")
+
+
+def _config_argument(argv: Sequence[str], name: str) -> str | None:
+  """The value of --<name>=FILE[:ARG] (or --<name> FILE[:ARG]) in argv."""
+  for i, arg in enumerate(argv):
+    if arg.startswith((f"--{name}=", f"-{name}=")):
+      return arg.split("=", 1)[1]
+    if arg in (f"--{name}", f"-{name}") and i + 1 < len(argv):
+      return argv[i + 1]
+  return None
+
+
+def unknown_override(config: ml_collections.ConfigDict, path: str) -> str | None:
+  """Why ``--config.<path>`` names no field of ``config``; None if it does.
+
+  E.g. for ``data.nope``: "'data' has no field 'nope'; its fields are ...",
+  with the closest field names when the key looks misspelt.
+  """
+  node, walked = config, []
+  for key in path.split("."):
+    if not isinstance(node, ml_collections.ConfigDict):
+      return (f"{'.'.join(walked)!r} is a value ({node!r}), not a section with "
+              f"a field {key!r}.")
+    if key not in node:
+      section = ".".join(walked) or "the config"
+      fields = sorted(node.keys())
+      close = difflib.get_close_matches(key, fields, n=3)
+      hint = f" Did you mean {' or '.join(map(repr, close))}?" if close else ""
+      listing = (f"its fields are {', '.join(fields)}" if fields
+                 else "it has no fields")
+      return f"{section!r} has no field {key!r}; {listing}.{hint}"
+    node, walked = node[key], walked + [key]
+  return None
+
+
+def parse_flags(argv: Sequence[str], flag_values: flags.FlagValues = flags.FLAGS,
+                name: str = "config") -> list[str]:
+  """absl's flag parsing, with each bad ``--config.*`` override a clear error.
+
+  train.py passes this to ``app.run`` as its ``flags_parser``. ml_collections
+  reports an override of a key the config lacks as a bare ``AttributeError``
+  traceback, and a value of the wrong type without the field's type; both
+  become a ``SystemExit`` naming the flag, what the config holds there and
+  what to pass instead.
+
+  Returns:
+    The arguments left after parsing (absl's ``FLAGS(argv)``).
+
+  Raises:
+    SystemExit: any flag error, with the message (exit status 1).
+  """
+  try:
+    return flag_values(list(argv))
+  except (AttributeError, KeyError, TypeError) as error:
+    # The override flags are defined while the config file is parsed, so an
+    # unknown key fails before the config is kept: load it again to explain.
+    argument = _config_argument(argv, name)
+    config = None if argument is None else flag_values[name].parser.parse(argument)
+    problems = []
+    for arg in argv:
+      m = _OVERRIDE.match(arg)
+      if m and m["flag"] == name and config is not None:
+        why = unknown_override(config, m["path"])
+        if why:
+          problems.append(f"--{name}.{m['path']}: in {argument}, {why}")
+    if not problems:
+      raise  # Not a misnamed override: a bug to see in full.
+    message = "\n".join(problems) + (
+        "\nFix the name, or add the field to the config file if it is new.")
+    raise SystemExit(f"FATAL Flags parsing error: {message}") from error
+  except flags.Error as error:
+    message = str(error)
+    m = re.match(rf"flag --{name}\.(?P<path>[^=]+)=", message)
+    config = flag_values[name].value if name in flag_values else None
+    if m and isinstance(config, ml_collections.ConfigDict):
+      path = m["path"]
+      try:
+        current = config[path]
+      except (KeyError, AttributeError):
+        current = None
+      if current is not None:
+        example = ("True or False" if isinstance(current, bool)
+                   else f"e.g. --{name}.{path}={current}")
+        message += (f"\n{name}.{path} takes a value of type "
+                    f"{type(current).__name__} (now {current!r}): pass "
+                    f"{example}.")
+    raise SystemExit(f"FATAL Flags parsing error: {message}\n"
+                     "Pass --helpshort or --helpfull to see help on flags.") from error

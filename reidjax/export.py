@@ -46,13 +46,9 @@ Formats:
   ``reduce_window`` over NHWC into a 4-D ONNX MaxPool that onnxruntime
   rejects ("Unsupported pooling size"). The intermediate shape annotations
   jax2onnx writes are dropped (some are in the wrong layout; onnxruntime
-  infers them).
-
-What the ONNX converter cannot handle (jax2onnx 0.17.1): DCANet, whose DCAM
-runs its K attention blocks through ``nn.vmap`` ("Batching rule for
-'linen.conv' not implemented": jax2onnx's nn.Conv shim has no vmap rule,
-and without the shim flax's own Conv does not trace under the converter).
-Export DCANet as StableHLO.
+  infers them). DCANet converts too: its DCAM runs the K attention blocks as
+  stacked einsums (``reidjax.layers.dcam.StackedAffine``), not through
+  ``nn.vmap``, for which jax2onnx's nn.Conv shim has no batching rule.
 """
 
 from __future__ import annotations

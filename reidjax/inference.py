@@ -8,7 +8,16 @@
 
 Video models take clips, (N, T, H, W, 3). A model that declares more input
 fields than ``images`` gets them as keyword arguments of ``embed``, e.g.
-``embed(images, camids=camids)``. Pair models (DuATM) return a dict
+``embed(images, camids=camids)``. Pose models (Attention-Driven ReID, input
+field ``parts``) take ``embed(images, keypoints=kp)``: (N, 18, 3) COCO-18
+[x, y, confidence] in each image's own pixels (a file's: before resizing;
+``reidjax.data.keypoints``); ``embed`` then does what the evaluation
+pipeline does (``pose_inputs``): keypoints scaled with the resize, the part
+boxes of Eq. 1-2 (``reidjax.data.part_boxes.part_boxes_np``), R0 as
+``images`` and R1..R4 as ``parts`` (``crop_parts_tf``, black outside the
+image). Without keypoints (and ``data.parts.source == "pose"``) it warns
+and uses the four stripes, the pipeline's fallback for an image without
+keypoints. Pair models (DuATM) return a dict
 of per-item arrays from ``embed``; ``distance`` then runs the model's
 ``pair_distance`` in tiles. The checkpoint carries the run's config, so
 nothing but the workdir is needed; it restores onto whatever devices this
@@ -26,6 +35,7 @@ can draw ranked lists without embedding the test set twice.
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any, Sequence
 
 import jax
@@ -63,6 +73,8 @@ def normalize_images(images: np.ndarray, height: int, width: int) -> jax.Array:
 
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
+# The pipelines' pose side inputs (``reidjax.models.interface`` FIELDS).
+POSE_FIELDS = ("keypoints", "parts")
 
 
 def _is_path(item: Any) -> bool:
@@ -82,6 +94,74 @@ def load_images(paths: Sequence[str | os.PathLike], height: int, width: int) -> 
       raise ValueError(f"Cannot read image {os.fspath(path)!r} ({e}); pass JPEG or PNG "
                        "files.") from e
   return out
+
+
+def image_sizes(paths: Sequence[str | os.PathLike]) -> np.ndarray:
+  """(N, 2) (height, width) of image files (read from their headers)."""
+  # pylint: disable-next=g-import-not-at-top
+  from PIL import Image, UnidentifiedImageError
+  sizes = np.empty((len(paths), 2), np.int64)
+  for i, path in enumerate(paths):
+    try:
+      with Image.open(path) as image:
+        sizes[i] = image.height, image.width
+    except (FileNotFoundError, UnidentifiedImageError, OSError) as e:
+      raise ValueError(f"Cannot read image {os.fspath(path)!r} ({e}); pass JPEG or PNG "
+                       "files.") from e
+  return sizes
+
+
+def pose_inputs(images: Any, keypoints: np.ndarray, data_config: Any,
+                fields: Sequence[str]) -> dict[str, np.ndarray]:
+  """A pose model's inputs from whole images, as the evaluation pipeline cuts them.
+
+  Attention-Driven ReID, Eq. 1-2 (``reidjax.data.part_boxes``): the boxes
+  R0..R4 of each image from its keypoints (``part_boxes_np``; too few
+  confident joints or ``data.parts.source == "stripes"``: the stripes), then
+  ``crop_parts_tf`` with black (``transforms.NORMALIZED_BLACK``) outside
+  the image, like ``reidjax.data.pipeline``'s pose finisher.
+
+  Args:
+    images: (N, H, W, 3) ImageNet-normalised images at (data.height, data.width).
+    keypoints: (N, 18, 3) [x, y, confidence] in those images' pixels.
+    data_config: the ``data`` section (its ``parts``).
+    fields: the model's input fields ("parts" and / or "keypoints").
+
+  Returns:
+    {"images": (N, H, W, 3) R0 crops, "parts": (N, 4, ph, pw, 3) R1..R4} and,
+    when ``fields`` has it, "keypoints" in R0's pixels (missing joints (0, 0, 0)).
+  """
+  # pylint: disable-next=g-import-not-at-top
+  from reidjax.data import part_boxes as part_boxes_lib
+  images = np.asarray(images, np.float32)
+  keypoints = np.asarray(keypoints, np.float32)
+  height, width = images.shape[1:3]
+  config = part_boxes_lib.PartConfig.from_config(data_config.parts)
+  boxes = np.stack([part_boxes_lib.part_boxes_np(k, height, width, config)
+                    for k in keypoints]).astype(np.float32)
+  whole, parts = cut_parts(images, boxes, data_config)
+  out = {"images": whole, "parts": parts}
+  if "keypoints" in fields:
+    moved = part_boxes_lib.to_box_frame(keypoints, boxes[:, 0].T, height, width)
+    out["keypoints"] = np.where(keypoints[..., 2:] > 0, moved, 0.0).astype(np.float32)
+  return out
+
+
+def cut_parts(images: Any, boxes: np.ndarray, data_config: Any
+              ) -> tuple[np.ndarray, np.ndarray]:
+  """(N, H, W, 3) normalised images and their (N, 5, 4) boxes R0..R4 (their pixels)
+  -> R0 crops (N, H, W, 3) and R1..R4 crops (N, 4, parts.height, parts.width, 3),
+  cut like the pipeline (``crop_parts_tf``, black outside the image)."""
+  # pylint: disable=g-import-not-at-top
+  from reidjax.data import part_boxes as part_boxes_lib
+  from reidjax.data import transforms
+  from reidjax.data.tensorflow_cpu import tf
+  # pylint: enable=g-import-not-at-top
+  whole, parts = part_boxes_lib.crop_parts_tf(
+      tf.constant(np.asarray(images, np.float32)), tf.constant(np.asarray(boxes, np.float32)),
+      part_boxes_lib.PartConfig.from_config(data_config.parts),
+      fill=transforms.NORMALIZED_BLACK)
+  return whole.numpy(), parts.numpy()
 
 
 def list_images(folder: str) -> list[str]:
@@ -159,26 +239,45 @@ class RecordingEvaluator(runner.Evaluator):
         camera_filter=self._protocol["camera_filter"], path=path)
 
 
-def attention_figure(model_name: str, model: Any, variables: Any, data_config: Any,
-                     query_path: str, gallery_path: str, path: str | None = None):
-  """The paper's attention figure (PIL image) where the model has a cheap one.
+def paper_figure(model_name: str, model: Any, variables: Any, data_config: Any,
+                 query: tuple[Any, str, int], gallery: tuple[Any, str, int],
+                 path: str | None = None):
+  """The paper's figure (PIL image) of a query and a gallery item of the splits,
+  or None where the model has none (``reidjax.viz.paper_figure``).
 
-  DCANet: the K spatial attention maps of the query (``reidjax.viz.dcanet``);
-  DuATM: the pair attention of the query and a gallery item
-  (``reidjax.viz.duatm``). Image models only; None for other models.
+  Args:
+    model_name: ``model.name``.
+    model, variables: the model and its variables.
+    data_config: the ``data`` section of the splits.
+    query, gallery: (split, split name "query" / "gallery", item index).
+    path: where the PNG goes (None: not written).
   """
-  if data_config.get("video", False) or model_name not in ("dcanet", "duatm"):
+  # pylint: disable-next=g-import-not-at-top
+  from reidjax import viz
+  if model_name not in viz.PAPER_FIGURES:
     return None
-  # pylint: disable=g-import-not-at-top
-  from PIL import Image
-  from reidjax.viz import dcanet, duatm
-  # pylint: enable=g-import-not-at-top
-  size = (data_config.height, data_config.width)
-  load = lambda p: np.asarray(Image.open(p).convert("RGB"))
-  if model_name == "dcanet":
-    return dcanet.attention_maps_figure(model, variables, load(query_path), path, size=size)
-  return duatm.pair_attention_figure(model, variables, load(query_path), load(gallery_path),
-                                     path, size=size)
+  items = [figure_item(model, data_config, *item) for item in (query, gallery)]
+  return viz.paper_figure(model_name, model, variables, data_config, *items, path=path)
+
+
+def figure_item(model: Any, data_config: Any, split: Any, split_name: str, index: int):
+  """Item ``index`` of ``split`` as a ``reidjax.viz.panels.Item``: its file (video:
+  its frame files) and, for a model with pose inputs whose parts come from
+  pose (``data.parts.source == "pose"``), its keypoints from the split's
+  keypoints file (None where the file lacks it: the stripes, as in the pipeline)."""
+  # pylint: disable-next=g-import-not-at-top
+  from reidjax.viz import panels
+  item = split_items(split)[index]
+  keypoints = None
+  parts = data_config.get("parts", None)
+  if (set(interface.input_fields(model)) & set(POSE_FIELDS) and parts is not None
+      and parts.source == "pose"):
+    # pylint: disable-next=g-import-not-at-top
+    from reidjax.data import keypoints as keypoints_lib
+    table = keypoints_lib.read_keypoints_file(
+        keypoints_lib.split_keypoints_path(data_config, split_name))
+    keypoints = table.get(os.path.basename(item))
+  return panels.Item(item, keypoints)
 
 
 def split_items(split: Any) -> Sequence[Any]:
@@ -229,12 +328,25 @@ class ReidEmbedder:
     ``fields``: the model's other input fields, (N, ...) each.
     """
     height, width = self.config.data.height, self.config.data.width
+    wanted = interface.input_fields(self.model)
+    # Pose models get their parts cut here from keypoints (module doc), unless
+    # the caller passes the parts themselves.
+    cut_parts = "parts" in wanted and "parts" not in fields
+    sizes = None
     if not isinstance(images, np.ndarray) and len(images) and all(map(_is_path, images)):
       if self.config.data.get("video", False):
         raise ValueError("This is a video model: pass clips (N, T, H, W, 3), not image "
                          "files.")
+      sizes = image_sizes(images) if cut_parts else None
       images = load_images(images, height, width)
-    inputs = interface.select_inputs(self.model, {"images": images, **fields})
+    if cut_parts:
+      if sizes is None:
+        sizes = np.tile(np.asarray(images).shape[1:3], (len(images), 1))
+      fields = {**fields, "keypoints": self._scaled_keypoints(fields.get("keypoints"), sizes)}
+      inputs = {f: v for f, v in {"images": images, **fields}.items()
+                if f in wanted or f == "keypoints"}
+    else:
+      inputs = interface.select_inputs(self.model, {"images": images, **fields})
     for name, value in inputs.items():
       if len(value) != len(images):
         raise ValueError(f"embed: {len(images)} images but {len(value)} {name}.")
@@ -244,6 +356,9 @@ class ReidEmbedder:
     for start in range(0, len(images), batch_size):
       chunk = {k: np.asarray(v[start:start + batch_size]) for k, v in inputs.items()}
       chunk["images"] = normalize_images(chunk["images"], height, width)
+      if cut_parts:
+        whole, keypoints = chunk.pop("images"), chunk.pop("keypoints")
+        chunk.update(pose_inputs(whole, keypoints, self.config.data, wanted))
       n = len(chunk["images"])
       pad = -n % devices  # The batch axis is split over devices.
       chunk = {k: np.asarray(jnp.pad(v, ((0, pad),) + ((0, 0),) * (v.ndim - 1)))
@@ -251,6 +366,29 @@ class ReidEmbedder:
       out.append(jax.tree.map(lambda f, n=n: np.asarray(f)[:n],
                               self._embed(self.variables, chunk)))
     return jax.tree.map(lambda *parts: np.concatenate(parts), *out)
+
+  def _scaled_keypoints(self, keypoints: Any, sizes: np.ndarray) -> np.ndarray:
+    """(N, 18, 3) keypoints in each image's pixels -> in (data.height, data.width)
+    pixels; None -> no joints (the stripes), with a warning when the parts
+    should come from pose."""
+    data = self.config.data
+    if keypoints is None:
+      if data.parts.source == "pose":
+        warnings.warn(
+            f"This {self.config.model.name} model cuts its body parts from pose keypoints "
+            "(data.parts.source='pose') but none were given: the part boxes are the four "
+            "fixed stripes (the fallback for an image without keypoints), which the model "
+            "was not trained on for these images. Pass keypoints= (N, 18, 3) in each "
+            "image's pixels (python -m reidjax.search: --keypoints file.json).",
+            stacklevel=3)
+      return np.zeros((len(sizes), 18, 3), np.float32)
+    keypoints = np.array(keypoints, np.float32)
+    if keypoints.shape != (len(sizes), 18, 3):
+      raise ValueError(f"keypoints must be (N, 18, 3) = ({len(sizes)}, 18, 3) COCO-18 "
+                       f"[x, y, confidence] per image, got shape {keypoints.shape}.")
+    keypoints[..., 0] *= data.width / sizes[:, None, 1]
+    keypoints[..., 1] *= data.height / sizes[:, None, 0]
+    return keypoints
 
   def distance(self, query_features: Any, gallery_features: Any) -> np.ndarray:
     """(Q, G) distances of two ``embed`` outputs, as the run evaluated them.

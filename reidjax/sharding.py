@@ -3,6 +3,11 @@
 Batches are global ``jax.Array``s split along the ``data`` axis; parameters
 and optimizer state are replicated. Under ``jax.jit`` every reduction in the
 loss (batch-hard mining, BatchNorm statistics) then spans the global batch.
+
+Several processes (``reidjax.distributed``): the mesh holds every process's
+devices; each process passes its own rows to ``to_global_batch``, and every
+process must run the same jitted computations in the same order. Code that
+one process runs alone uses ``host_local`` copies of replicated arrays.
 """
 
 from __future__ import annotations
@@ -51,3 +56,23 @@ def to_global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str,
   sharding = batch_sharded(mesh)
   return {k: jax.make_array_from_process_local_data(sharding, np.asarray(v))
           for k, v in local_batch.items()}
+
+
+def host_local(tree: Any) -> Any:
+  """NumPy copies of the replicated arrays of ``tree``, read on this process alone.
+
+  For what one process computes by itself (process 0's figures): computing
+  with arrays that span other processes' devices would wait for them. A
+  replicated array has every value on each device, so this process's first
+  device is enough; a batch-sharded array is not (gather it on every
+  process, ``jax.experimental.multihost_utils.process_allgather``).
+  """
+  def one(x):
+    if not isinstance(x, jax.Array):
+      return x
+    if not (x.is_fully_addressable or x.is_fully_replicated):
+      raise ValueError(f"host_local takes replicated arrays; got one sharded as "
+                       f"{x.sharding} over other processes' devices. Gather it on every "
+                       "process with multihost_utils.process_allgather instead.")
+    return np.asarray(x.addressable_data(0))
+  return jax.tree.map(one, tree)

@@ -31,6 +31,7 @@ import difflib
 from typing import Any
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from reidjax.backbones import densenet
@@ -50,13 +51,24 @@ WEIGHT_KEYS = ("name", "pretrained", "from_scratch")
 _NOT_OPTIONS = ("parent", "name", "dtype")
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# ``model.dtype = "auto"`` (configs/common.py MODEL_DTYPE): bfloat16 on the
+# platforms whose matrix units run it at full rate, float32 elsewhere (CPU).
+AUTO_BFLOAT16_PLATFORMS = ("gpu", "tpu")
 
 
 def compute_dtype(name: str) -> Any:
-  """``"float32"`` / ``"bfloat16"`` (``model.dtype``) -> the jnp dtype."""
+  """``model.dtype`` -> the jnp computation dtype; the one place "auto" is resolved.
+
+  ``"float32"``, ``"bfloat16"``, or ``"auto"``: bfloat16 when JAX's default
+  backend is a GPU or TPU, float32 on CPU. Parameters, BatchNorm statistics
+  and losses stay float32 in every case (the models cast only activations).
+  """
+  if name == "auto":
+    return jnp.bfloat16 if jax.default_backend() in AUTO_BFLOAT16_PLATFORMS else jnp.float32
   if not isinstance(name, str) or name not in _DTYPES:
     raise ValueError(
-        f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r}.")
+        f"model.dtype must be one of {sorted(_DTYPES)}, got {name!r} (or 'auto': "
+        "bfloat16 on GPU/TPU, float32 on CPU).")
   return _DTYPES[name]
 
 
@@ -100,7 +112,8 @@ def build_backbone(config: Mapping[str, Any], dtype: str) -> nn.Module:
     config: ``name`` plus any fields of that backbone class (a
       ``ConfigDict`` or a mapping); ``pretrained`` and ``from_scratch`` are
       ignored here (weight loading reads them).
-    dtype: the computation dtype's name, ``"float32"`` or ``"bfloat16"``.
+    dtype: the computation dtype's name, ``"float32"``, ``"bfloat16"`` or
+      ``"auto"`` (``compute_dtype``).
 
   Returns:
     The module, e.g. ``ResNet(stage_sizes=..., dtype=jnp.bfloat16)``.

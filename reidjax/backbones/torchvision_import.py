@@ -49,6 +49,9 @@ _MAX_LISTED = 20
 
 # The classifier each torchvision model carries; backbones have none.
 _CLASSIFIER_PREFIX = {"resnet50": "fc.", "densenet121": "classifier."}
+# torchvision's ImageNet files, named in messages.
+_EXAMPLE_FILE = {"resnet50": "resnet50-0676ba61.pth",
+                 "densenet121": "densenet121-a639ec97.pth"}
 
 # torchvision < 0.3 named DenseNet layers' modules "norm.1", "conv.2", ...
 # (its nn.Sequential.add_module("norm.1", ...)); the official densenet121
@@ -322,10 +325,17 @@ def read_state_dict(path: str | os.PathLike) -> tuple[dict[str, np.ndarray],
     # run whatever code the file names.
     obj = torch.load(path, map_location="cpu", weights_only=True)
   except pickle.UnpicklingError as e:
+    # Only torch's one-line reason: the rest of its message suggests
+    # weights_only=False, which is exactly what must not be done here.
+    reason = next((line.strip() for line in str(e).splitlines()
+                   if "WeightsUnpickler error" in line),
+                  str(e).splitlines()[0] if str(e) else "")
     raise WeightImportError(
         f"Refused {path!r}: torch.load(weights_only=True) found more than "
-        f"tensors in it (a pickled Python object). Save "
-        f"`model.state_dict()` instead. Details: {e}") from e
+        "tensors in it (a pickled Python object, which could run code when "
+        "unpickled). Use a plain state_dict: where you trust the file, save "
+        "`torch.save(model.state_dict(), 'weights.pth')` and point "
+        f"model.backbone.pretrained at that. ({reason})") from e
   if not isinstance(obj, Mapping):
     raise WeightImportError(
         f"{path!r} holds a {type(obj).__name__}, not a state_dict (a mapping "
@@ -346,7 +356,22 @@ def resolve_arch(arch: str | None, file_arch: str | None,
     raise ValueError(f"Unknown arch {arch!r}; known: {list(ARCHS)}.")
   if arch is not None and file_arch is not None and arch != file_arch:
     raise WeightImportError(
-        f"{source!r} was converted for {file_arch}, not {arch}.")
+        f"{source!r} was converted for {file_arch}, not {arch}. Point "
+        f"model.backbone.pretrained at {arch} weights, or set "
+        f"model.backbone.name={file_arch}.")
+  if arch is not None and file_arch is None:
+    # A file of another architecture would otherwise be reported as every
+    # tensor missing and unexpected; name the mix-up instead.
+    try:
+      inferred = infer_arch(state_dict)
+    except WeightImportError:
+      inferred = None  # Unknown keys: check_state_dict lists them.
+    if inferred is not None and inferred != arch:
+      raise WeightImportError(
+          f"{source!r} holds {inferred} weights, but the backbone is {arch}. "
+          f"Point model.backbone.pretrained at a torchvision {arch} file "
+          f"(e.g. {_EXAMPLE_FILE[arch]}), or set "
+          f"model.backbone.name={inferred}.")
   return arch or file_arch or infer_arch(state_dict)
 
 

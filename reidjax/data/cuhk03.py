@@ -113,7 +113,9 @@ def _read_config(path: str) -> dict[str, np.ndarray]:
   """
   try:
     mat = scipy.io.loadmat(path, simplify_cells=True)
-  except (ValueError, NotImplementedError, OSError) as e:
+  # Any failure to read a user's file is a bad file (a truncated one raises
+  # IndexError deep inside scipy), not a traceback.
+  except Exception as e:  # pylint: disable=broad-except
     raise LayoutError(
         f"Cannot read {path!r} as a MATLAB v5 .mat file ({e}). Replace it "
         "with the original file from zhunzhong07/person-re-ranking.") from e
@@ -121,7 +123,9 @@ def _read_config(path: str) -> dict[str, np.ndarray]:
   if missing:
     raise LayoutError(
         f"{path!r} lacks the variable(s) {', '.join(missing)}; a 767/700 "
-        f"protocol config holds {', '.join(CUHK03_CONFIG_KEYS)}.")
+        f"protocol config holds {', '.join(CUHK03_CONFIG_KEYS)}. Replace it "
+        "with the original file from zhunzhong07/person-re-ranking "
+        "(evaluation/data/CUHK03/).")
   filelist = np.asarray([str(f) for f in np.atleast_1d(mat["filelist"])])
   n = filelist.size
   out = {"filelist": filelist}
@@ -192,7 +196,8 @@ def extract_cuhk03_images(raw_mat: str, variant: str, out_dir: str) -> int:
     if variant not in mat:
       raise LayoutError(
           f"{raw_mat!r} has no {variant!r} cell; the CUHK03 release holds "
-          "'labeled' and 'detected'.")
+          "'labeled' and 'detected'. Replace it with the cuhk-03.mat of the "
+          "official cuhk03_release.zip.")
     for p, pair_ref in enumerate(np.ravel(mat[variant][()])):
       # MATLAB stores arrays column-major: transpose to (persons, 10) and
       # each image to (H, W, 3).
@@ -276,7 +281,8 @@ def read_classic_split(raw_mat: str, variant: str, index: int
       if key not in mat:
         raise LayoutError(
             f"{raw_mat!r} has no {key!r} variable; the CUHK03 release holds "
-            "'labeled', 'detected' and 'testsets'.")
+            "'labeled', 'detected' and 'testsets'. Replace it with the "
+            "cuhk-03.mat of the official cuhk03_release.zip.")
     images = []
     for p, pair_ref in enumerate(np.ravel(mat[variant][()]), 1):
       slots = mat[pair_ref][()].T  # (persons, 10) refs; see extract_...

@@ -16,7 +16,9 @@ from reidjax.data.layout_common import LayoutError, relabel_train, resolve_root
 CUSTOM_SPLITS = ("train", "query", "gallery")
 CUSTOM_IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 # <camid>_<anything>.<jpg|jpeg|png>, camid a non-negative integer.
-CUSTOM_NAME = re.compile(r"^(?P<cam>\d+)_.*\.(jpg|jpeg|png)$", re.IGNORECASE)
+CUSTOM_NAME = re.compile(r"^(?P<cam>[0-9]+)_.*\.(jpg|jpeg|png)$", re.IGNORECASE)
+# Ids are stored as int32.
+_MAX_ID = np.iinfo(np.int32).max
 CUSTOM_HELP = """\
 Expected layout (your own data):
   <root>/
@@ -26,7 +28,8 @@ Expected layout (your own data):
   <pid>    folder named by a non-negative integer person id
   <camid>  non-negative integer camera id, 0-BASED (used as is), e.g.
            train/17/0_frame0003.jpg is person 17 seen by camera 0.
-  Images may be .jpg, .jpeg or .png; other files are ignored."""
+  Images may be .jpg, .jpeg or .png; other files are ignored.
+Point --config.data.root at <root> (with --config.data.name=custom)."""
 
 
 def _read_pid_folders(split_dir: str) -> ImageSplit:
@@ -36,10 +39,17 @@ def _read_pid_folders(split_dir: str) -> ImageSplit:
     pid_dir = os.path.join(split_dir, entry)
     if entry.startswith(".") or not os.path.isdir(pid_dir):
       continue
-    if not entry.isdigit():
+    # ASCII digits only: str.isdigit() also accepts superscripts such as
+    # '\u00b2', which int() cannot read.
+    if re.fullmatch(r"[0-9]+", entry) is None:
       raise LayoutError(
-          f"Folder {pid_dir!r} is not named by an integer person id.\n"
-          f"{CUSTOM_HELP}")
+          f"Folder {pid_dir!r} is not named by an integer person id. Rename "
+          f"it to a non-negative integer (e.g. 17) or move it out of "
+          f"{split_dir!r}.\n{CUSTOM_HELP}")
+    if int(entry) > _MAX_ID:
+      raise LayoutError(
+          f"Person id folder {pid_dir!r} is larger than {_MAX_ID}; renumber "
+          "the person ids from 0.")
     for fname in sorted(os.listdir(pid_dir)):
       if fname.startswith(".") or not fname.lower().endswith(
           CUSTOM_IMAGE_SUFFIXES):
@@ -48,7 +58,12 @@ def _read_pid_folders(split_dir: str) -> ImageSplit:
       if m is None:
         raise LayoutError(
             f"Image file name {fname!r} in {pid_dir!r} does not match "
-            f"'<camid>_<anything>.jpg' (camid a 0-based integer).")
+            f"'<camid>_<anything>.jpg' (camid a 0-based integer). Rename it, "
+            f"e.g. to '0_{fname}', or move it out of the dataset.")
+      if int(m["cam"]) > _MAX_ID:
+        raise LayoutError(
+            f"Camera id of {fname!r} in {pid_dir!r} is larger than {_MAX_ID}; "
+            "number the cameras from 0.")
       paths.append(os.path.join(pid_dir, fname))
       pids.append(int(entry))
       camids.append(int(m["cam"]))

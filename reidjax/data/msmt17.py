@@ -96,32 +96,45 @@ def read_msmt17_list(list_file: str, image_dir: str) -> ImageSplit:
     DatasetNotFoundError: a listed image does not exist.
   """
   paths, pids, camids = [], [], []
-  with open(list_file) as f:
-    for lineno, line in enumerate(f, 1):
-      if not line.strip():
-        continue
-      fields = line.split()
-      if len(fields) != 2 or not fields[1].isdigit():
-        raise LayoutError(
-            f"{list_file}:{lineno}: expected '<relative path> <pid>', got "
-            f"{line.rstrip()!r}.")
-      rel, pid = fields
-      fname = rel.replace("\\", "/").rsplit("/", 1)[-1]
-      m = MSMT17_NAME.match(fname)
-      if m is None or not 1 <= int(m["cam"]) <= MSMT17_NUM_CAMS:
-        raise LayoutError(
-            f"Image file name {fname!r} ({list_file}:{lineno}) does not match "
-            f"the MSMT17 pattern {MSMT17_FORMAT} with camera 01..15.")
-      path = os.path.join(image_dir, rel)
-      if not os.path.isfile(path):
-        raise DatasetNotFoundError(
-            f"{list_file}:{lineno} names {rel!r}, but {path!r} does not "
-            f"exist.\n{MSMT17_HELP}")
-      paths.append(path)
-      pids.append(int(pid))
-      camids.append(int(m["cam"]) - 1)
+  try:
+    with open(list_file, encoding="utf-8") as f:
+      lines = f.readlines()
+  except UnicodeDecodeError as e:
+    raise LayoutError(
+        f"List file {list_file!r} is not a text file of '<relative path> "
+        f"<pid>' lines ({e}). Replace it with the original of the MSMT17 "
+        "archive.") from e
+  for lineno, line in enumerate(lines, 1):
+    if not line.strip():
+      continue
+    fields = line.split()
+    # ASCII digits that fit the int32 pids (str.isdigit() also accepts
+    # e.g. superscripts, which int() cannot read).
+    if len(fields) != 2 or re.fullmatch(r"[0-9]{1,9}", fields[1]) is None:
+      raise LayoutError(
+          f"{list_file}:{lineno}: expected '<relative path> <pid>' (pid a "
+          f"non-negative integer below 10^9), got {line.rstrip()!r}. Fix or "
+          "remove the line, or replace the list file with the original of "
+          "the MSMT17 archive.")
+    rel, pid = fields
+    fname = rel.replace("\\", "/").rsplit("/", 1)[-1]
+    m = MSMT17_NAME.match(fname)
+    if m is None or not 1 <= int(m["cam"]) <= MSMT17_NUM_CAMS:
+      raise LayoutError(
+          f"Image file name {fname!r} ({list_file}:{lineno}) does not match "
+          f"the MSMT17 pattern {MSMT17_FORMAT} with camera 01..15.")
+    path = os.path.join(image_dir, rel)
+    if not os.path.isfile(path):
+      raise DatasetNotFoundError(
+          f"{list_file}:{lineno} names {rel!r}, but {path!r} does not "
+          f"exist.\n{MSMT17_HELP}")
+    paths.append(path)
+    pids.append(int(pid))
+    camids.append(int(m["cam"]) - 1)
   if not paths:
-    raise LayoutError(f"List file {list_file!r} names no images.")
+    raise LayoutError(
+        f"List file {list_file!r} names no images. Replace it with the "
+        "original of the MSMT17 archive.")
   return ImageSplit(tuple(paths), np.asarray(pids, np.int32),
                     np.asarray(camids, np.int32))
 

@@ -129,12 +129,17 @@ def _find_bad_file(reader: Reader, indices: Iterable[int],
     try:
       transforms.decode_image(reader.read(tf.constant(i, tf.int64)))
     except tf.errors.NotFoundError:
-      return i, FileNotFoundError(f"Image file not found: {reader.name(i)}")
+      return i, FileNotFoundError(
+          f"Image file not found: {reader.name(i)}. The dataset index lists "
+          "it: restore the file (re-copy the dataset) or remove it from the "
+          "dataset.")
     except _FILE_ERRORS as e:
       # Drop TF's "{{function_node ...}}" prefix; keep libjpeg's reason.
-      reason = re.sub(r"\{\{.*?\}\}\s*", "", e.message)
+      reason = re.sub(r"\{\{.*?\}\}\s*", "", e.message).rstrip(". ")
       return i, ValueError(
-          f"Cannot decode image file {reader.name(i)}: {reason}")
+          f"Cannot decode image file {reader.name(i)}: {reason}. Replace it "
+          "with an intact copy or delete it (training can skip unreadable "
+          "images instead: --config.data.skip_corrupt=True).")
   return None
 
 

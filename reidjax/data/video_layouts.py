@@ -64,7 +64,9 @@ def _load_mat_variable(path: str, variable: str) -> np.ndarray:
   """One variable of a MATLAB v5 .mat file, as a NumPy array."""
   try:
     mat = scipy.io.loadmat(path, variable_names=[variable])
-  except (ValueError, NotImplementedError, OSError) as e:
+  # Any failure to read a user's file is a bad file (a truncated one raises
+  # IndexError deep inside scipy), not a traceback.
+  except Exception as e:  # pylint: disable=broad-except
     raise LayoutError(
         f"Cannot read {path!r} as a MATLAB .mat file ({e}); replace it with "
         "the original file of the dataset.") from e
@@ -119,8 +121,14 @@ synthetic MARS-layout set with reidjax.data.synthetic_video."""
 
 def _read_mars_names(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
   """Reads a MARS name list: names, raw pids (-1 = junk), 1-based cameras."""
-  with open(path) as f:
-    lines = f.read().splitlines()
+  try:
+    with open(path, encoding="utf-8") as f:
+      lines = f.read().splitlines()
+  except UnicodeDecodeError as e:
+    raise LayoutError(
+        f"Name list {path!r} is not a text file of frame names ({e}). Replace "
+        "it with the original from github.com/liangzheng06/MARS-evaluation."
+    ) from e
   while lines and not lines[-1].strip():
     lines.pop()
   if not lines:
@@ -132,7 +140,8 @@ def _read_mars_names(path: str) -> tuple[list[str], np.ndarray, np.ndarray]:
     if m is None:
       raise LayoutError(
           f"{path}:{i + 1}: {line!r} does not match the MARS frame name "
-          f"pattern {_MARS_FORMAT}.")
+          f"pattern {_MARS_FORMAT}. Replace {os.path.basename(path)} with "
+          "the original from github.com/liangzheng06/MARS-evaluation.")
     pids[i] = JUNK_PID if m["pid"] == "00-1" else int(m["pid"])
     cams[i] = int(m["cam"])
   return lines, pids, cams
@@ -310,7 +319,8 @@ as unzipped from DukeMTMC-VideoReID.zip):
 Frame names: {_DUKE_VIDEO_FORMAT}; frames are ordered by F.
 DukeMTMC-VideoReID: released with Wu et al., CVPR 2018
 (github.com/Yu-Wu/DukeMTMC-VideoReID); the source DukeMTMC data has been
-withdrawn, so use a copy obtained under its original terms."""
+withdrawn, so use a copy obtained under its original terms. Point
+--config.data.root at the unzipped folder."""
 
 
 def _read_duke_video_split(folder: str) -> VideoSplit:

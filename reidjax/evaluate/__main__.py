@@ -31,10 +31,11 @@ The report folder (default ``<workdir>/report_<step>_<dataset>``) holds:
   (``reidjax.viz.report.ranked_list_image``; ties by query index), ranked
   by the full (Q, G) distances: the run's metric, the pair distance for pair
   models (also with ``--top_k``), the re-ranked distances with ``--rerank``;
-* the model's attention figure where its paper has one and it is cheap (one
-  forward pass): DCANet's spatial attention maps of the best query
-  (``reidjax.viz.dcanet``), DuATM's pair attention of the best query and its
-  rank-1 gallery item (``reidjax.viz.duatm``); image models only.
+* ``attention.png``: the paper's figure of the best query and its rank-1
+  gallery item where the paper has one (``reidjax.viz.paper_figure``: DuATM,
+  DCANet, CACE-Net, FGRA, Attention-Driven ReID with the items' keypoints;
+  none for the baseline); ``metrics.json`` then names the two items under
+  ``attention_items``.
 
 A relative ``data.root`` (the synthetic sets' default) is read relative to
 the current directory; the synthetic sets are written there on first use.
@@ -68,6 +69,8 @@ def _parse(argv: Sequence[str]) -> tuple[argparse.Namespace, list[str]]:
   parser.add_argument("--num_queries", type=int, default=5,
                       help="queries in each ranked-list figure")
   parser.add_argument("--ranks", type=int, default=10, help="gallery items per ranked list")
+  from reidjax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.add_arguments(parser)  # several processes: README "Several hosts"
   args, rest = parser.parse_known_args(argv)
   bad = [a for a in rest if not a.startswith("--config.")]
   if bad:
@@ -166,14 +169,14 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
                                             **evaluator._protocol)  # pylint: disable=protected-access
     result.update(reranked.to_dict())
 
+  if jax.process_index() != 0:
+    return result  # Every collective is above; process 0 alone writes the report.
   name = config.data.name
   out = out or os.path.join(workdir, f"report_{step}_{name}")
   os.makedirs(out, exist_ok=True)
   result.update(step=int(step), dataset=name, data_root=config.data.root, flip=config.eval.flip,
                 rerank=bool(rerank), rerank_top_k=config.eval.get("rerank_top_k", 0) or 0,
                 model=config.model.name, workdir=os.path.abspath(workdir), report_dir=out)
-  with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
-    json.dump(result, f, indent=1, sort_keys=True)
   report.plot_cmc({f"{config.model.name} on {name}": np.asarray(result["cmc"])},
                   os.path.join(out, "cmc.png"),
                   title=f"CMC, step {step}: mAP {100 * result['mAP']:.1f}%")
@@ -196,9 +199,15 @@ def evaluate_workdir(workdir: str, *, step: int | None = None, out: str | None =
                                dataset.gallery.pids, dataset.query.camids[best:best + 1],
                                dataset.gallery.camids, 1, camera_filter)[0][0]
     figure = os.path.join(out, "attention.png")
-    if inference.attention_figure(config.model.name, model, variables, config.data,
-                                  items_q[best], items_g[int(top1)], figure) is not None:
+    if inference.paper_figure(config.model.name, model, variables, config.data,
+                              (dataset.query, "query", best),
+                              (dataset.gallery, "gallery", int(top1)), figure) is not None:
       result["attention_figure"] = figure
+      result["attention_items"] = [
+          item if isinstance(item, str) else [str(frame) for frame in item]
+          for item in (items_q[best], items_g[int(top1)])]
+  with open(os.path.join(out, "metrics.json"), "w", encoding="utf-8") as f:
+    json.dump(result, f, indent=1, sort_keys=True)
   print(f"{name} @ step {step}: mAP {result['mAP']:.4f}  rank-1 {result['rank1']:.4f}  "
         f"mINP {result['mINP']:.4f}; report in {out}", flush=True)
   return result
@@ -216,6 +225,8 @@ def main(argv: Sequence[str] | None = None) -> dict[str, Any]:
   args, overrides = _parse(sys.argv[1:] if argv is None else argv)
   logging.use_absl_handler()  # absl's format, and quiet_library_logs' filter applies
   logging.set_verbosity(logging.INFO)
+  from reidjax import distributed  # pylint: disable=g-import-not-at-top
+  distributed.initialize_from_arguments(args)  # before anything touches the devices
   return evaluate_workdir(args.workdir, step=args.step, out=args.out, flip=args.flip,
                           rerank=args.rerank, top_k=args.top_k,
                           num_queries=args.num_queries, ranks=args.ranks,

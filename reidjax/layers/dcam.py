@@ -70,6 +70,7 @@ from typing import Any
 
 import flax.linen as nn
 import jax
+from flax.linen.dtypes import promote_dtype
 import jax.numpy as jnp
 import optax
 
@@ -77,45 +78,79 @@ ALIGNMENTS = ("stack", "max")
 ATTENTIONS = ("both", "spatial", "channel")
 
 
-class SpatialAttentionBlock(nn.Module):
-  """One spatial attention block of Eq. 1 before its softmax.
+# LeCun normal per block: the fan-in leaves out the leading K axis, as each
+# block's own nn.Conv / nn.Dense would compute it.
+_BLOCK_KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "truncated_normal",
+                                                      batch_axis=(0,))
 
-  conv1x1 (``hidden``) -> ReLU -> conv1x1 (1): f (B, H, W, C) -> scores (B, H, W).
+
+class StackedAffine(nn.Module):
+  """K independent affine maps y_k = x W_k + b_k, parameters stacked on a leading K axis.
+
+  The K attention blocks of Eq. 1 (1x1 convolutions) and Eq. 3 (FC_k) as one
+  einsum each, not ``nn.vmap`` over K modules: the same numbers, and it
+  converts to ONNX (jax2onnx has no batching rule for a vmapped ``nn.Conv``).
+  The parameters are those K ``nn.Conv`` / ``nn.Dense`` layers would have
+  stacked: ``kernel`` (K, *window, C_in, features) and ``bias`` (K, features).
+
+  Attributes:
+    num_blocks: K.
+    features: output width of each block.
+    window: the kernel's spatial window, ``(1, 1)`` for a 1x1 convolution,
+      ``()`` for a dense layer.
+    dtype: computation dtype (None: that of the inputs, as ``nn.Dense``).
   """
 
+  num_blocks: int
+  features: int
+  window: tuple[int, ...] = ()
+  dtype: Any = None
+
+  @nn.compact
+  def __call__(self, x: jax.Array, per_block: bool = False) -> jax.Array:
+    """(..., C_in) -> (K, ..., features); ``per_block``: x is already (K, ..., C_in),
+    block k reading x[k]."""
+    k, width = self.num_blocks, x.shape[-1]
+    kernel = self.param("kernel", _BLOCK_KERNEL_INIT,
+                        (k, *self.window, width, self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (k, self.features), jnp.float32)
+    x, kernel, bias = promote_dtype(x, kernel, bias, dtype=self.dtype)
+    kernel = kernel.reshape(k, width, self.features)  # a 1x1 window is a matrix
+    y = jnp.einsum("k...c,kcd->k...d" if per_block else "...c,kcd->k...d", x, kernel)
+    return y + bias.reshape((k,) + (1,) * (y.ndim - 2) + (self.features,))
+
+
+class SpatialAttentionBlocks(nn.Module):
+  """The K spatial attention blocks of Eq. 1 before their softmax.
+
+  Block k: conv1x1 (``hidden``) -> ReLU -> conv1x1 (1): f (B, H, W, C) ->
+  scores (K, B, H, W). Parameters ``conv1`` / ``conv2`` as ``StackedAffine``.
+  """
+
+  num_blocks: int
   hidden: int
   dtype: Any = jnp.float32
 
   @nn.compact
   def __call__(self, f: jax.Array) -> jax.Array:
-    x = nn.Conv(self.hidden, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                name="conv1")(f)
-    x = nn.Conv(1, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
-                name="conv2")(nn.relu(x))
+    x = StackedAffine(self.num_blocks, self.hidden, (1, 1), self.dtype, name="conv1")(f)
+    x = StackedAffine(self.num_blocks, 1, (1, 1), self.dtype, name="conv2")(
+        nn.relu(x), per_block=True)
     return x[..., 0]
 
 
-class ChannelAttentionBlock(nn.Module):
-  """FC_k of Eq. 3: Dense(hidden) -> ReLU -> Dense(features), (..., C/K) -> (..., C/K)."""
+class ChannelAttentionBlocks(nn.Module):
+  """The K FC_k of Eq. 3: Dense(hidden) -> ReLU -> Dense(features),
+  (..., C/K) -> (K, ..., C/K). Parameters ``fc1`` / ``fc2`` as ``StackedAffine``."""
 
+  num_blocks: int
   hidden: int
   features: int
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    x = nn.relu(nn.Dense(self.hidden, name="fc1")(x))
-    return nn.Dense(self.features, name="fc2")(x)
-
-
-def _blocks(module_cls, num_blocks: int, **fields) -> nn.Module:
-  """K independent copies of ``module_cls`` applied to one input: outputs (K, ...).
-
-  Parameters are stacked on a leading K axis (block k = index k), so the K
-  blocks run as one batched op.
-  """
-  return nn.vmap(module_cls, variable_axes={"params": 0},
-                 split_rngs={"params": True}, in_axes=None, out_axes=0,
-                 axis_size=num_blocks)(**fields)
+    x = nn.relu(StackedAffine(self.num_blocks, self.hidden, name="fc1")(x))
+    return StackedAffine(self.num_blocks, self.features, name="fc2")(x, per_block=True)
 
 
 def align_stack(blocks: jax.Array) -> jax.Array:
@@ -225,9 +260,9 @@ class DCAM(nn.Module):
     aux = {}
     skip_sum = f
     if self.uses_spatial:
-      scores = _blocks(SpatialAttentionBlock, k, dtype=self.dtype,
-                       hidden=max(channels // self.spatial_reduction, 1),
-                       name="spatial_blocks")(f)  # (K, B, H, W)
+      scores = SpatialAttentionBlocks(k, dtype=self.dtype,
+                                      hidden=max(channels // self.spatial_reduction, 1),
+                                      name="spatial_blocks")(f)  # (K, B, H, W)
       scores = jnp.moveaxis(scores, 0, 1).astype(jnp.float32)
       attention = jax.nn.softmax(scores.reshape(batch, k, -1), axis=-1)
       attention = attention.reshape(batch, k, height, width)  # Eq. 1's A_sp,k
@@ -245,9 +280,9 @@ class DCAM(nn.Module):
     f_ch = nn.Conv(part, (1, 1), dtype=self.dtype, param_dtype=jnp.float32,
                    name="channel_reduction_conv")(skip_sum)  # (B, H, W, C/K)
     f_ch32 = f_ch.astype(jnp.float32)
-    fc = _blocks(ChannelAttentionBlock, k, features=part,
-                 hidden=max(part // self.channel_reduction, 1),
-                 name="channel_blocks")
+    fc = ChannelAttentionBlocks(k, features=part,
+                                hidden=max(part // self.channel_reduction, 1),
+                                name="channel_blocks")
     # One call on both poolings: FC_k shared by the max and the average.
     both = fc(jnp.stack([f_ch32.max(axis=(1, 2)), f_ch32.mean(axis=(1, 2))]))
     channel_attention = jax.nn.softmax(jnp.moveaxis(both.sum(axis=1), 0, 1),

@@ -151,7 +151,10 @@ class FGRA(StrongBaseline):
       kernel = self.param("template_kernel", nn.initializers.lecun_normal(batch_axis=(0,)),
                           (r, channels, channels))
       bias = self.param("template_bias", nn.initializers.zeros, (r, channels))
-      templates = jnp.einsum("brc,rcd->brd", stripes, kernel) + bias
+      # In the compute dtype, like a dense layer; the correlation reads float32.
+      dtype = self.backbone.dtype
+      templates = jnp.einsum("brc,rcd->brd", stripes.astype(dtype),
+                             kernel.astype(dtype)).astype(jnp.float32) + bias
       gam = alignment.GuideAlignment(correlation=self.correlation, name="gam")(
           templates, frame_maps, train)
       regions = gam["aligned"]

@@ -1,4 +1,5 @@
-"""The train state: step, params, BatchNorm statistics, optimizer state, RNG."""
+"""The train state: step, params, BatchNorm statistics, optimizer state, RNG, and a
+record of the steps whose update was dropped because it was not finite."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ from typing import Any, Callable
 
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import optax
 from flax.training import train_state
 from jax.sharding import Mesh
@@ -16,15 +18,36 @@ from reidjax.models.variables import abstract_variables, init_variables, replica
 from reidjax import checkpoint, sharding
 
 
+# The record of non-finite steps kept in the state (``TrainState.nonfinite``):
+# how many steps had a non-finite loss, gradient or update (their updates were
+# dropped), and the first one since this process started (``session_first_*``)
+# and the latest one: their step and a bitmask of the non-finite terms
+# (``reidjax.train.step.checked_terms`` names the bits).
+NONFINITE_FIELDS = ("count", "session_first_step", "session_first_terms", "last_step",
+                    "last_terms")
+
+
+def nonfinite_record(count: int | jax.Array = 0) -> dict[str, jax.Array]:
+  """A record with ``count`` non-finite steps so far and none in this session."""
+  return {name: jnp.asarray(count if name == "count" else 0, jnp.int32)
+          for name in NONFINITE_FIELDS}
+
+
 class TrainState(train_state.TrainState):
-  """``flax.training.train_state.TrainState`` plus BatchNorm stats and an RNG key.
+  """``flax.training.train_state.TrainState`` plus BatchNorm stats, an RNG key
+  and the record of non-finite steps.
 
   ``rng`` is a raw uint32 key (not a typed key) so that it checkpoints as a
-  plain array; each step folds the step number into it.
+  plain array; each step folds the step number into it. ``nonfinite``: see
+  ``nonfinite_record``; steps with a non-finite loss or gradient leave params,
+  optimizer state and BatchNorm statistics unchanged (``reidjax.train.step``)
+  and are counted here, so the host checks them only when it syncs anyway
+  (``reidjax.train.guard.NonFiniteWatch``).
   """
 
   batch_stats: Any
   rng: jax.Array
+  nonfinite: dict[str, jax.Array]
 
 
 def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
@@ -36,7 +59,7 @@ def _init_fn(model: nn.Module, tx: optax.GradientTransformation, seed: int,
     variables = init_variables(model, init_key, data_config)
     return TrainState.create(apply_fn=model.apply, params=variables["params"],
                              batch_stats=variables["batch_stats"],
-                             tx=tx, rng=step_key)
+                             tx=tx, rng=step_key, nonfinite=nonfinite_record())
 
   return init
 

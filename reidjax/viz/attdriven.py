@@ -35,11 +35,11 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from reidjax.viz.duatm import FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, overlay, panel_origin
+from reidjax.viz.duatm import overlay
 from reidjax.viz import panels
-from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
+from reidjax.viz.report import BACKGROUND  # noqa: F401 (the canvas colour, for readers)
 
 BRANCHES = ("global", "part1", "part2", "part3", "part4")
 BRANCH_TITLES = ("R0 whole body", "R1 head", "R2 upper body", "R3 upper legs", "R4 lower legs")
@@ -87,46 +87,28 @@ def draw_part_attention(image: Any, boxes: Any, crops: Sequence[Any],
   if len(crops) != 5:
     raise ValueError(f"crops must be the 5 crops R0..R4, got {len(crops)}.")
   crops = [panels.as_uint8_image(c, f"crops[{k}]") for k, c in enumerate(crops)]
-  if cell is None:
-    scale = max(1, -(-MIN_CELL_WIDTH // image.shape[1]))
-    cell = (image.shape[0] * scale, image.shape[1] * scale)
-  h, w = cell
+  cell = tuple(int(v) for v in (panels.default_cell(image) if cell is None else cell))
   header = ((f"{note} | " if note else "")
             + "Attention-Driven: part boxes R0-R4; intra-attention m (channel mean) of "
             "Blocks 2-4 per branch, max above")
-  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  width = max(panel_origin(0, 5, cell)[0] - GAP + MARGIN,
-              math.ceil(measure.textlength(header)) + 2 * MARGIN)
-  height = panel_origin(len(BRANCHES), 0, cell)[1] - TITLE - GAP + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
-
-  def put(row, col, pixels, title):
-    x, y = panel_origin(row, col, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
-    draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=FRAME_COLOR)
-    canvas.paste(Image.fromarray(pixels), (x + FRAME, y + FRAME))
-
-  put(0, 0, panels.resize(image, cell), "boxes")
-  x0, y0 = (v + FRAME for v in panel_origin(0, 0, cell))
+  width, height = panels.grid_size(len(BRANCHES), 5, cell)
+  canvas = panels.PanelCanvas((panels.fit_width(width, [header]), height), cell, header)
+  x0, y0 = canvas.put(0, 0, panels.resize(image, cell), "boxes")
   for k, box in enumerate(boxes):
     x1, y1, x2, y2 = box_in_cell(box, image.shape[:2], cell)
-    draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=BOX_COLORS[k],
-                   width=BOX_LINE)
+    canvas.draw.rectangle([x0 + x1, y0 + y1, x0 + x2, y0 + y2], outline=BOX_COLORS[k],
+                          width=BOX_LINE)
   for row, (branch, title) in enumerate(zip(BRANCHES, BRANCH_TITLES)):
     crop = panels.resize(crops[row], cell)
-    put(row, 1, crop, title)
+    canvas.put(row, 1, crop, title)
     for col, stage in enumerate(STAGES, start=2):
       m = maps.get(branch, {}).get(f"stage{stage}")
       if m is None:
         continue
       m = np.asarray(m, np.float32)
-      put(row, col, overlay(crop, m.reshape(-1), m.shape), f"B{stage} max {m.max():.3f}")
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-  return canvas
+      canvas.put(row, col, overlay(crop, m.reshape(-1), m.shape),
+                 f"B{stage} max {m.max():.3f}")
+  return canvas.finish(path)
 
 
 def crops_and_inputs(image: np.ndarray, boxes: np.ndarray, data_config: Any
@@ -187,6 +169,15 @@ def part_attention_figure(model: Any, variables: Any, image: Any, keypoints: Any
   source = "stripes" if keypoints is None or config.source == "stripes" else "pose"
   return draw_part_attention(image, boxes, crops, maps, cell=cell, note=f"{source} boxes",
                              path=path)
+
+
+def paper_figure(model: Any, variables: Any, data_config: Any, query: panels.Item,
+                 gallery: panels.Item, path: str | None = None) -> Image.Image:
+  """``reidjax.viz.paper_figure``'s entry: the query image at its own size with
+  its keypoints' part boxes (no keypoints: the stripes) and the model's maps."""
+  del gallery  # The figure is of one image.
+  return part_attention_figure(model, variables, query.image(), query.keypoints,
+                               data_config, path)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -25,18 +25,15 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
-import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from reidjax.viz.duatm import (FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, panel_origin,
-                               position_box)
+from reidjax.viz.duatm import position_box
 from reidjax.viz import panels
-from reidjax.viz.report import BACKGROUND, FRAME, MARGIN
+from reidjax.viz.panels import FRAME, panel_origin
 
 EDGE_COLOR = (255, 0, 0)
 EDGE_WIDTH = 3
@@ -101,36 +98,22 @@ def draw_cross_edges(query: Any, gallery: Any, grid: tuple[int, int],
   for i, j, _ in edges:
     if not (0 <= i < n and 0 <= j < n):
       raise ValueError(f"edge ({i}, {j}) is outside the {grid[0]} x {grid[1]} map.")
-  if cell is None:
-    scale = max(1, -(-MIN_CELL_WIDTH // query.shape[1]))
-    cell = (query.shape[0] * scale, query.shape[1] * scale)
-  h, w = cell
-  resize = lambda im: im if im.shape[:2] == cell else np.asarray(
-      Image.fromarray(im).resize((w, h), Image.BILINEAR))
+  cell = tuple(int(v) for v in (panels.default_cell(query) if cell is None else cell))
   header = ((f"{note} | " if note else "")
             + f"CACE-Net: {len(edges)} strongest cross-image edges of Eq. 4 "
             f"({grid[0]} x {grid[1]} map)")
-  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  width = max(panel_origin(0, 2, cell)[0] + MARGIN,
-              math.ceil(measure.textlength(header)) + 2 * MARGIN)
-  height = panel_origin(0, 0, cell)[1] + h + 2 * FRAME + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
+  width, height = panels.grid_size(1, 2, cell)
+  # The layout keeps a GAP right of the gallery panel.
+  canvas = panels.PanelCanvas((panels.fit_width(width + panels.GAP, [header]), height),
+                              cell, header)
   for col, (image, title) in enumerate(((query, "query"), (gallery, "gallery"))):
-    x, y = panel_origin(0, col, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
-    draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=FRAME_COLOR)
-    canvas.paste(Image.fromarray(resize(image)), (x + FRAME, y + FRAME))
+    canvas.put(0, col, panels.resize(image, cell), title)
   for edge in reversed(list(edges)):  # strongest on top
     start, end = edge_segment(edge, grid, cell)
-    draw.line([start, end], fill=EDGE_COLOR, width=EDGE_WIDTH)
+    canvas.draw.line([start, end], fill=EDGE_COLOR, width=EDGE_WIDTH)
     for cx, cy in (start, end):
-      draw.ellipse([cx - DOT, cy - DOT, cx + DOT, cy + DOT], fill=EDGE_COLOR)
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-  return canvas
+      canvas.draw.ellipse([cx - DOT, cy - DOT, cx + DOT, cy + DOT], fill=EDGE_COLOR)
+  return canvas.finish(path)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -180,6 +163,17 @@ def pair_edges_figure(model: Any, variables: Any, query: Any, gallery: Any,
   edges = strongest_cross_edges(adjacency, num_edges)
   note = f"max {edges[0][2]:.3g}" if edges else "no positive cross-image edge"
   return draw_cross_edges(query, gallery, grid, edges, cell=cell, note=note, path=path)
+
+
+def paper_figure(model: Any, variables: Any, data_config: Any, query: panels.Item,
+                 gallery: panels.Item, path: str | None = None) -> Image.Image | None:
+  """``reidjax.viz.paper_figure``'s entry: Fig. 5's edges of the pair at the
+  model's input size; None for the official variant (no Eq. 4 graph)."""
+  if getattr(model, "variant", None) != "paper":
+    return None
+  size = (data_config.height, data_config.width)
+  return pair_edges_figure(model, variables, query.image(size), gallery.image(size), path,
+                           size=size)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -28,18 +28,14 @@ from __future__ import annotations
 
 import argparse
 import functools
-import math
-import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
-from reidjax.viz.duatm import (FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE,
-                               overlay, panel_origin)
+from reidjax.viz.duatm import overlay
 from reidjax.viz import panels
-from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 DEFAULT_COLUMNS = 8
 
@@ -47,12 +43,6 @@ DEFAULT_COLUMNS = 8
 def map_panel(block: int, columns: int = DEFAULT_COLUMNS) -> tuple[int, int]:
   """(row, col) of block ``block``'s panel (0-based block index)."""
   return block // columns, 1 + block % columns
-
-
-def _default_cell(image: np.ndarray) -> tuple[int, int]:
-  height, width = image.shape[:2]
-  scale = max(1, -(-MIN_CELL_WIDTH // width))
-  return height * scale, width * scale
 
 
 def draw_attention_maps(image: Any, attention: Any, *, cell: tuple[int, int] | None = None,
@@ -79,37 +69,20 @@ def draw_attention_maps(image: Any, attention: Any, *, cell: tuple[int, int] | N
   if columns < 1:
     raise ValueError(f"columns must be >= 1, got {columns}.")
   num_blocks, grid = attention.shape[0], attention.shape[1:]
-  cell = tuple(int(v) for v in cell) if cell is not None else _default_cell(image)
-  shown = image if image.shape[:2] == cell else np.asarray(
-      Image.fromarray(image).resize((cell[1], cell[0]), Image.BILINEAR))
-  h, w = cell
+  cell = tuple(int(v) for v in cell) if cell is not None else panels.default_cell(image)
+  shown = panels.resize(image, cell)
   header = ((f"{note} | " if note else "")
             + f"DCANet: {num_blocks} spatial attention maps on a {grid[0]} x {grid[1]} map, "
             "max score above each")
-  rows = -(-num_blocks // columns)
-  width = panel_origin(0, 1 + min(num_blocks, columns), cell)[0] - GAP + MARGIN
-  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  width = max(width, math.ceil(measure.textlength(header)) + 2 * MARGIN)
-  height = panel_origin(rows, 0, cell)[1] - TITLE - GAP + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
-
-  def put(row, col, pixels, title):
-    x, y = panel_origin(row, col, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
-    draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=FRAME_COLOR)
-    canvas.paste(Image.fromarray(pixels), (x + FRAME, y + FRAME))
-
-  put(0, 0, shown, "input")
+  width, height = panels.grid_size(-(-num_blocks // columns), 1 + min(num_blocks, columns),
+                                   cell)
+  canvas = panels.PanelCanvas((panels.fit_width(width, [header]), height), cell, header)
+  canvas.put(0, 0, shown, "input")
   for k in range(num_blocks):
     row, col = map_panel(k, columns)
-    put(row, col, overlay(shown, attention[k].reshape(-1), grid),
-        f"#{k + 1} max {attention[k].max():.3f}")
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-  return canvas
+    canvas.put(row, col, overlay(shown, attention[k].reshape(-1), grid),
+               f"#{k + 1} max {attention[k].max():.3f}")
+  return canvas.finish(path)
 
 
 # Jitted whole, one program per model and input shape (Flax modules hash by
@@ -175,6 +148,17 @@ def attention_maps_figure(model: Any, variables: Any, image: Any, path: str | No
   stage, maps = spatial_attention(model, variables, image, stage=stage, size=size)
   return draw_attention_maps(image, maps, cell=cell, columns=columns,
                              note=f"stage {stage}, K = {maps.shape[0]}", path=path)
+
+
+def paper_figure(model: Any, variables: Any, data_config: Any, query: panels.Item,
+                 gallery: panels.Item, path: str | None = None) -> Image.Image | None:
+  """``reidjax.viz.paper_figure``'s entry: Fig. 3 of the query (a clip: its first
+  frame) at the model's input size; None for a DCANet without spatial maps."""
+  del gallery  # Fig. 3 is of one image.
+  if not getattr(model, "blocks_per_stage", None) or model.attention == "channel":
+    return None
+  size = (data_config.height, data_config.width)
+  return attention_maps_figure(model, variables, query.image(size), path, size=size)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

@@ -51,27 +51,23 @@ from __future__ import annotations
 import argparse
 import functools
 import math
-import os
 from typing import Any, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from reidjax.layers.dual_attention import attention_weights
 from reidjax.viz import panels
-from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
+# The shared panel layout, also named here (this module documents it first).
+from reidjax.viz.panels import (FRAME_COLOR, HEADER, MIN_CELL_WIDTH,  # noqa: F401
+                                MIN_FRAME_WIDTH, TEXT_COLOR, TITLE, panel_origin)
+from reidjax.viz.report import FRAME, GAP, MARGIN
 
-HEADER, TITLE, BAR = 14, 14, 24
+BAR = 24
 HEAT_ALPHA = 0.6
-FRAME_COLOR = (200, 200, 200)
 OUTLINE_COLOR = (0, 255, 255)
 BAR_COLOR = (230, 120, 0)
-TEXT_COLOR = (0, 0, 0)
-# Small inputs are enlarged (integer factor) to at least this width: images
-# so that the titles fit, clip frames (many per row) so that they are seen.
-MIN_CELL_WIDTH = 128
-MIN_FRAME_WIDTH = 64
 BAR_BACKGROUND = (235, 235, 235)
 NUM_EXTREMES = 3
 # Wide enough for the video layout's titles however short the clips.
@@ -129,14 +125,6 @@ def overlay(image: np.ndarray, weights: np.ndarray,
   return out.round().clip(0, 255).astype(np.uint8)
 
 
-def panel_origin(row: int, col: int, cell: tuple[int, int]) -> tuple[int, int]:
-  """(x, y) of the top-left corner of an image-layout panel's frame."""
-  h, w = cell
-  x = MARGIN + col * (w + 2 * FRAME + GAP)
-  y = MARGIN + HEADER + row * (TITLE + h + 2 * FRAME + GAP) + TITLE
-  return x, y
-
-
 def video_panel_origin(row: int, clip_row: int, frame: int,
                        cell: tuple[int, int]) -> tuple[int, int]:
   """(x, y) of a video-layout frame panel; clip_row 0 is a (intra), 1 is b.
@@ -162,13 +150,6 @@ def _as_uint8(image: Any, name: str) -> np.ndarray:
     raise ValueError(f"{name} must be uint8 RGB for display, got "
                      f"{image.dtype}; pass the images before normalisation.")
   return image
-
-
-def _default_cell(image: np.ndarray) -> tuple[int, int]:
-  height, width = image.shape[-3:-1]
-  least = MIN_FRAME_WIDTH if image.ndim == 4 else MIN_CELL_WIDTH
-  scale = max(1, -(-least // width))
-  return height * scale, width * scale
 
 
 def _positions_to_draw(weights: dict[str, np.ndarray],
@@ -249,29 +230,20 @@ def draw_pair_attention(image_a: Any, image_b: Any, weights: dict[str, Any],
     grid = (int(grid[0]), int(grid[1]))
     len_a = len_b = grid[0] * grid[1]
   _check_weights(weights, len_a, len_b)
-  cell = tuple(cell) if cell is not None else _default_cell(image_a)
+  cell = tuple(cell) if cell is not None else panels.default_cell(
+      image_a, MIN_FRAME_WIDTH if video else MIN_CELL_WIDTH)
   drawn = _positions_to_draw(weights, positions)
   if video:
     canvas = _draw_video(image_a, image_b, weights, drawn, cell, note)
   else:
     canvas = _draw_images(image_a, image_b, weights, drawn, grid, cell, note)
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-  return canvas
+  return canvas.finish(path)
 
 
 def _title(weights, position, reason, where=""):
   return (f"{reason}: i={position}{where} d={weights['d_a'][position]:.4g} "
           f"| max intra {weights['intra_a'][position].max():.2f}, "
           f"max inter {weights['inter_a'][position].max():.2f}")
-
-
-def _fit_width(width: int, texts: Sequence[str]) -> int:
-  """The layout's width, widened so that every text line fits."""
-  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  longest = max(measure.textlength(t) for t in texts)
-  return max(width, math.ceil(longest) + 2 * MARGIN)
 
 
 def _header(weights, note) -> str:
@@ -282,64 +254,46 @@ def _header(weights, note) -> str:
 
 
 def _draw_images(image_a, image_b, weights, drawn, grid, cell,
-                 note) -> Image.Image:
-  h, w = cell
+                 note) -> panels.PanelCanvas:
   a, b = panels.resize(image_a, cell), panels.resize(image_b, cell)
   header = _header(weights, note) + " | a (i outlined) | intra a | inter a->b"
   titles = [_title(weights, p, reason, " (r%d c%d)" % divmod(p, grid[1]))
             for p, reason in drawn]
-  width = _fit_width(panel_origin(0, 3, cell)[0] - GAP + MARGIN,
-                     [header] + titles)
-  height = panel_origin(len(drawn), 0, cell)[1] - TITLE - GAP + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
-
-  def put(row, col, pixels):
-    x, y = panel_origin(row, col, cell)
-    draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1],
-                   fill=FRAME_COLOR)
-    canvas.paste(Image.fromarray(pixels), (x + FRAME, y + FRAME))
-    return x + FRAME, y + FRAME
-
+  width, height = panels.grid_size(len(drawn), 3, cell)
+  canvas = panels.PanelCanvas((panels.fit_width(width, [header] + titles), height), cell,
+                              header)
   for row, ((position, _), title) in enumerate(zip(drawn, titles)):
-    x, y = panel_origin(row, 0, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
-    x0, y0 = put(row, 0, a)
+    x0, y0 = canvas.put(row, 0, a, title)
     bx0, by0, bx1, by1 = position_box(position, grid, cell)
-    draw.rectangle([x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
-                   outline=OUTLINE_COLOR, width=2)
-    put(row, 1, overlay(a, weights["intra_a"][position], grid))
-    put(row, 2, overlay(b, weights["inter_a"][position], grid))
+    canvas.draw.rectangle([x0 + bx0, y0 + by0, x0 + bx1 - 1, y0 + by1 - 1],
+                          outline=OUTLINE_COLOR, width=2)
+    canvas.put(row, 1, overlay(a, weights["intra_a"][position], grid))
+    canvas.put(row, 2, overlay(b, weights["inter_a"][position], grid))
   return canvas
 
 
-def _draw_video(clip_a, clip_b, weights, drawn, cell, note) -> Image.Image:
+def _draw_video(clip_a, clip_b, weights, drawn, cell, note) -> panels.PanelCanvas:
   h, w = cell
   frames = max(clip_a.shape[0], clip_b.shape[0])
   header = (_header(weights, note)
             + " | clip a: intra bars / clip b: inter a->b bars")
   titles = [_title(weights, p, reason) for p, reason in drawn]
-  width = _fit_width(max(video_panel_origin(0, 0, frames, cell)[0] - GAP
-                         + MARGIN, MIN_VIDEO_WIDTH), [header] + titles)
+  width = panels.fit_width(max(video_panel_origin(0, 0, frames, cell)[0] - GAP
+                               + MARGIN, MIN_VIDEO_WIDTH), [header] + titles)
   last_row_y = video_panel_origin(len(drawn) - 1, 1, 0, cell)[1]
   height = last_row_y + h + 2 * FRAME + BAR + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
+  canvas = panels.PanelCanvas((width, height), cell, header)
+  draw = canvas.draw
   thumbs = [[panels.resize(f, cell) for f in clip] for clip in (clip_a, clip_b)]
   for row, ((position, _), title) in enumerate(zip(drawn, titles)):
-    x, y = video_panel_origin(row, 0, 0, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
+    canvas.title(video_panel_origin(row, 0, 0, cell), title)
     for clip_row, key in enumerate(("intra_a", "inter_a")):
       values = weights[key][position]
       peak = float(values.max())
       for k, thumb in enumerate(thumbs[clip_row]):
         x, y = video_panel_origin(row, clip_row, k, cell)
         outlined = clip_row == 0 and k == position
-        draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1],
-                       fill=OUTLINE_COLOR if outlined else FRAME_COLOR)
-        canvas.paste(Image.fromarray(thumb), (x + FRAME, y + FRAME))
+        canvas.put_at((x, y), thumb, OUTLINE_COLOR if outlined else FRAME_COLOR)
         bar = round(BAR * values[k] / peak) if peak > 0 else 0
         bottom = y + h + 2 * FRAME + BAR - 1
         draw.rectangle([x + FRAME, bottom - BAR + 1, x + FRAME + w - 1, bottom],
@@ -434,16 +388,17 @@ def _feature_grid(model, variables, inputs) -> tuple[int, int]:
   return int(shape[1]), int(shape[2])
 
 
-def _load_frames(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
-  """Image files -> (N, height, width, 3) uint8, each resized to ``size``."""
-  out = []
-  for p in paths:
-    if not os.path.isfile(p):
-      raise FileNotFoundError(f"No image file {p!r}.")
-    with Image.open(p) as image:
-      out.append(np.asarray(image.convert("RGB").resize(
-          (size[1], size[0]), Image.BILINEAR)))
-  return np.stack(out)
+def paper_figure(model: Any, variables: Any, data_config: Any, query: panels.Item,
+                 gallery: panels.Item, path: str | None = None) -> Image.Image:
+  """``reidjax.viz.paper_figure``'s entry: Fig. 8 of the pair at the model's input
+  size (video: the first ``data.clip_length`` frames of each tracklet)."""
+  size = (data_config.height, data_config.width)
+  if getattr(model, "video", False):
+    length = data_config.get("clip_length", None)
+    a, b = query.clip(size, length), gallery.clip(size, length)
+  else:
+    a, b = query.image(size), gallery.image(size)
+  return pair_attention_figure(model, variables, a, b, path, size=size)
 
 
 def main(argv: Sequence[str] | None = None) -> str:
@@ -475,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> str:
     if not video and len(paths) != 1:
       raise ValueError(f"{name}: an image model takes one image, got "
                        f"{len(paths)} paths.")
-    frames = _load_frames(paths, size)
+    frames = panels.load_images(paths, size)
     images.append(frames if video else frames[0])
   pair_attention_figure(embedder.model, embedder.variables, images[0],
                         images[1], args.out, size=size,

@@ -34,12 +34,11 @@ from typing import Any, Sequence
 
 import jax
 import numpy as np
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from reidjax.layers.alignment import region_bounds
-from reidjax.viz.duatm import FRAME_COLOR, MIN_CELL_WIDTH, TEXT_COLOR, TITLE, overlay, panel_origin
+from reidjax.viz.duatm import overlay
 from reidjax.viz import panels
-from reidjax.viz.report import BACKGROUND, FRAME, GAP, MARGIN
 
 BOX_COLOR = (255, 0, 0)
 
@@ -89,41 +88,22 @@ def draw_region_responses(frames: Any, responses: Any, weights: Any = None, *,
   if responses.min() < 0:
     raise ValueError("responses must be non-negative (sigmoid maps times ReLU features).")
   num_regions, num_frames, grid = responses.shape[0], responses.shape[1], responses.shape[2:]
-  if cell is None:
-    scale = max(1, -(-MIN_CELL_WIDTH // frames.shape[2]))
-    cell = (frames.shape[1] * scale, frames.shape[2] * scale)
-  cell = tuple(int(v) for v in cell)
+  cell = tuple(int(v) for v in (panels.default_cell(frames) if cell is None else cell))
   shown = [panels.resize(f, cell) for f in frames]
-  h, w = cell
   header = ((f"{note} | " if note else "")
             + f"FGRA: {num_regions} regions of the reference frame (red) and their "
             f"responses in {num_frames} frames ({grid[0]} x {grid[1]} maps)")
-  measure = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-  width = max(panel_origin(0, 1 + num_frames, cell)[0] - GAP + MARGIN,
-              math.ceil(measure.textlength(header)) + 2 * MARGIN)
-  height = panel_origin(num_regions, 0, cell)[1] - TITLE - GAP + MARGIN
-  canvas = Image.new("RGB", (width, height), BACKGROUND)
-  draw = ImageDraw.Draw(canvas)
-  draw.text((MARGIN, MARGIN), header, fill=TEXT_COLOR)
-
-  def put(row, col, pixels, title):
-    x, y = panel_origin(row, col, cell)
-    draw.text((x, y - TITLE + 1), title, fill=TEXT_COLOR)
-    draw.rectangle([x, y, x + w + 2 * FRAME - 1, y + h + 2 * FRAME - 1], fill=FRAME_COLOR)
-    canvas.paste(Image.fromarray(pixels), (x + FRAME, y + FRAME))
-    return x + FRAME, y + FRAME
-
+  width, height = panels.grid_size(num_regions, 1 + num_frames, cell)
+  canvas = panels.PanelCanvas((panels.fit_width(width, [header]), height), cell, header)
   for i in range(num_regions):
-    x, y = put(i, 0, shown[0], f"#{i + 1} reference")
+    x, y = canvas.put(i, 0, shown[0], f"#{i + 1} reference")
     x0, y0, x1, y1 = region_box(i, num_regions, grid[0], cell)
-    draw.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1], outline=BOX_COLOR, width=2)
+    canvas.draw.rectangle([x + x0, y + y0, x + x1 - 1, y + y1 - 1], outline=BOX_COLOR,
+                          width=2)
     for n in range(num_frames):
       title = f"t{n}" + (f" w {float(weights[i][n]):.2f}" if weights is not None else "")
-      put(i, 1 + n, overlay(shown[n], responses[i, n].reshape(-1), grid), title)
-  if path:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    canvas.save(path)
-  return canvas
+      canvas.put(i, 1 + n, overlay(shown[n], responses[i, n].reshape(-1), grid), title)
+  return canvas.finish(path)
 
 
 @functools.partial(jax.jit, static_argnums=0)
@@ -169,21 +149,29 @@ def region_alignment_figure(model: Any, variables: Any, frames: Any, path: str |
                                note=f"N_s = {responses.shape[0]}")
 
 
+def paper_figure(model: Any, variables: Any, data_config: Any, query: panels.Item,
+                 gallery: panels.Item, path: str | None = None) -> Image.Image | None:
+  """``reidjax.viz.paper_figure``'s entry: Fig. 5 of the query's first
+  ``data.clip_length`` frames at the model's input size; None for an FGRA
+  without region alignment."""
+  del gallery  # Fig. 5 is of one clip.
+  if not (model.local_branch and model.region_alignment):
+    return None
+  size = (data_config.height, data_config.width)
+  return region_alignment_figure(model, variables,
+                                 query.clip(size, data_config.get("clip_length", None)),
+                                 path, size=size)
+
+
 def _load_frames(paths: Sequence[str], size: tuple[int, int]) -> np.ndarray:
+  """Frame files, or one folder of them (sorted by name) -> (T, H, W, 3) uint8."""
   if len(paths) == 1 and os.path.isdir(paths[0]):
     folder = paths[0]
     paths = sorted(os.path.join(folder, p) for p in os.listdir(folder)
                    if p.lower().endswith((".jpg", ".jpeg", ".png", ".bmp")))
     if not paths:
       raise FileNotFoundError(f"No frame images in {folder!r}.")
-  frames = []
-  for path in paths:
-    if not os.path.isfile(path):
-      raise FileNotFoundError(f"No frame file {path!r}.")
-    with Image.open(path) as image:
-      frames.append(np.asarray(image.convert("RGB").resize((size[1], size[0]),
-                                                           Image.BILINEAR)))
-  return np.stack(frames)
+  return panels.load_images(paths, size)
 
 
 def main(argv: Sequence[str] | None = None) -> str:

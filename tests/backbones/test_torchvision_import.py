@@ -10,7 +10,6 @@ outputs with torch's; everything else works on small networks or on
 
 import functools
 import os
-import pathlib
 import subprocess
 import sys
 
@@ -330,53 +329,6 @@ def test_error_lists_at_most_twenty_of_each(torch_models):
   listed = [l for l in message.splitlines() if l.startswith("    ")
             and not l.startswith("    ...")]
   assert len(listed) == 40  # 20 missing + 20 unexpected
-
-
-class _RunsCodeWhenUnpickled:
-  """Unpickling this calls ``Path.touch(marker)``: arbitrary code."""
-
-  def __init__(self, marker):
-    self.marker = marker
-
-  def __reduce__(self):
-    return (pathlib.Path.touch, (pathlib.Path(self.marker),))
-
-
-def test_pickled_objects_are_refused(tmp_path):
-  marker = tmp_path / "code_ran"
-  path = str(tmp_path / "evil.pth")
-  torch.save({"conv1.weight": torch.zeros(64, 3, 7, 7),
-              "payload": _RunsCodeWhenUnpickled(str(marker))}, path)
-  with pytest.raises(WeightImportError, match="weights_only=True"):
-    torchvision_import.load_torchvision(path, "resnet50")
-  assert not marker.exists()
-  # The file really does run code under full unpickling.
-  torch.load(path, weights_only=False)
-  assert marker.exists()
-
-
-def test_npz_with_object_arrays_is_refused(tmp_path):
-  path = str(tmp_path / "objects.npz")
-  np.savez(path, **{"conv1.weight": np.array([{"a": 1}], dtype=object)})
-  with pytest.raises(WeightImportError, match="pickled objects"):
-    torchvision_import.load_torchvision(path, "resnet50")
-
-
-def test_training_checkpoint_is_not_a_state_dict(tmp_path):
-  path = str(tmp_path / "ckpt.pth")
-  torch.save({"state_dict": {"conv1.weight": torch.zeros(1)}, "epoch": 3},
-             path)
-  with pytest.raises(WeightImportError, match="not a flat state_dict"):
-    torchvision_import.load_torchvision(path, "resnet50")
-
-
-def test_missing_file_and_unknown_arch(tmp_path):
-  with pytest.raises(FileNotFoundError, match="pretrained"):
-    torchvision_import.load_torchvision(str(tmp_path / "nope.pth"))
-  with pytest.raises(WeightImportError, match="Cannot tell the architecture"):
-    torchvision_import.infer_arch(["conv.weight", "bn.bias"])
-  with pytest.raises(ValueError, match="Unknown arch"):
-    torchvision_import.normalize_keys({}, "vgg16")
 
 
 def test_converter_cli_reports_errors(torch_models, tmp_path, capsys):

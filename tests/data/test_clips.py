@@ -197,16 +197,3 @@ def test_bad_strategy_names_value_and_choices():
     clips.test_clips(10, 4, "random")
   with pytest.raises(ValueError, match="'middle'"):
     clips.plan_test_clips(_split([5]), 4, "middle")
-
-
-@pytest.mark.parametrize("call", [
-    lambda: clips.sample_clip(10, 0, "random", np.random.default_rng(0)),
-    lambda: clips.sample_clip(0, 4, "random", np.random.default_rng(0)),
-    lambda: clips.sample_clip(10, 4, "stride", np.random.default_rng(0),
-                              stride=0),
-    lambda: clips.test_clips(10, 0, "all"),
-    lambda: clips.test_clips(10, 4, "all", stride=0),
-])
-def test_bad_lengths_raise(call):
-  with pytest.raises(ValueError, match=r"must be >= 1|at least one frame"):
-    call()

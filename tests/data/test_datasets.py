@@ -7,30 +7,6 @@ import pytest
 from reidjax.data import datasets, layouts, synthetic, synthetic_video
 
 
-def test_missing_dataset_names_the_expected_layout(tmp_path):
-  config = ml_collections.ConfigDict(dict(name="market1501", root=str(tmp_path / "nope")))
-  with pytest.raises(FileNotFoundError) as err:
-    datasets.load_dataset(config)
-  message = str(err.value)
-  for folder in ("bounding_box_train", "query", "bounding_box_test"):
-    assert folder in message
-  assert str(tmp_path / "nope") in message
-
-
-def test_wrong_layout_names_the_missing_split(tmp_path):
-  (tmp_path / "bounding_box_train").mkdir()
-  (tmp_path / "query").mkdir()
-  config = ml_collections.ConfigDict(dict(name="market1501", root=str(tmp_path)))
-  with pytest.raises(FileNotFoundError, match="bounding_box_test"):
-    datasets.load_dataset(config)
-
-
-def test_empty_root_says_how_to_set_it():
-  config = ml_collections.ConfigDict(dict(name="market1501", root=""))
-  with pytest.raises(ValueError, match="--config.data.root"):
-    datasets.load_dataset(config)
-
-
 def test_synthetic_is_written_once_and_parsed(tmp_path):
   config = ml_collections.ConfigDict(dict(
       name="synthetic", root=str(tmp_path / "synth"),

@@ -1,12 +1,10 @@
 """Tests for the Market-1501 layout parser on miniature folders."""
 
 import os
-import shutil
 
 import numpy as np
 import pytest
 
-from reidjax.data import layout_common
 from reidjax.data import layouts
 from reidjax.data import market_layouts
 
@@ -103,69 +101,3 @@ def test_registry(tmp_path):
   assert len(ds.gallery) == 5
   with pytest.raises(ValueError, match="Unknown dataset layout 'nope'.*market1501"):
     layouts.parse_dataset("nope", str(root))
-
-
-def _assert_help(msg):
-  for needle in ("bounding_box_train/", "query/", "bounding_box_test/",
-                 "PPPP_cCsS_FFFFFF_NN.jpg", "--config.data.root",
-                 market_layouts.MARKET1501_ARCHIVE_DIR, "synthetic"):
-    assert needle in msg, needle
-
-
-def test_missing_root(tmp_path):
-  with pytest.raises(FileNotFoundError) as e:
-    market_layouts.parse_market1501(str(tmp_path / "nope"))
-  assert "does not exist" in str(e.value)
-  _assert_help(str(e.value))
-
-
-def test_empty_root_names_all_splits(tmp_path):
-  with pytest.raises(layout_common.DatasetNotFoundError) as e:
-    market_layouts.parse_market1501(str(tmp_path))
-  msg = str(e.value)
-  assert ("missing split folder(s) 'bounding_box_train/', 'query/', "
-          "'bounding_box_test/'") in msg
-  _assert_help(msg)
-
-
-@pytest.mark.parametrize("sub", ["", market_layouts.MARKET1501_ARCHIVE_DIR])
-def test_missing_split_named(tmp_path, sub):
-  base = _make_market(tmp_path / sub if sub else tmp_path)
-  shutil.rmtree(base / "query")
-  with pytest.raises(FileNotFoundError) as e:
-    market_layouts.parse_market1501(str(tmp_path))
-  msg = str(e.value)
-  assert "missing split folder(s) 'query/'" in msg
-  assert f"looked in {str(base)!r}" in msg
-  _assert_help(msg)
-
-
-def test_empty_split(tmp_path):
-  root = _make_market(tmp_path, gallery=[])
-  (root / "bounding_box_test" / "readme.txt").write_text("no images")
-  with pytest.raises(layout_common.LayoutError) as e:
-    market_layouts.parse_market1501(str(root))
-  assert repr(str(root / "bounding_box_test")) in str(e.value)
-  assert "no .jpg images" in str(e.value)
-
-
-@pytest.mark.parametrize("bad", [
-    "2_c1s1_000100_00.jpg",  # pid not 4 digits
-    "0002_c0s1_000100_00.jpg",  # camera must be 1-based
-    "0002_c1_000100_00.jpg",  # no sequence
-    "0002_c1s1_000100_00 (copy).jpg",
-    "image.jpg",
-])
-def test_bad_file_name_is_an_error(tmp_path, bad):
-  root = _make_market(tmp_path, train=_TRAIN + [bad])
-  with pytest.raises(ValueError) as e:
-    market_layouts.parse_market1501(str(root))
-  assert repr(bad) in str(e.value)
-  assert "PPPP_cCsS_FFFFFF_NN.jpg" in str(e.value)
-
-
-def test_train_without_identities(tmp_path):
-  root = _make_market(tmp_path, train=["-1_c1s1_000001_00.jpg",
-                                       "0000_c1s1_000002_00.jpg"])
-  with pytest.raises(ValueError, match="bounding_box_train"):
-    market_layouts.parse_market1501(str(root))

@@ -425,18 +425,6 @@ def test_reader_keeps_bytes_exactly_and_checks_record_names():
     tfds_reader.PreparedReader(source, ("a/x.png",), "t")
 
 
-def test_missing_prepared_dataset_names_the_command(tmp_path):
-  with pytest.raises(FileNotFoundError) as e:
-    tfds_reader.load_prepared("dukemtmc", str(tmp_path))
-  msg = str(e.value)
-  assert ("python -m reidjax.data.tfds_builders --dataset dukemtmc "
-          f"--manual_dir <unpacked dukemtmc folder> --data_dir {tmp_path}"
-          ) in msg
-  assert "DukeMTMC-reID.zip" in msg  # The manual download instructions.
-  with pytest.raises(FileNotFoundError, match="--config split_3"):
-    tfds_reader.load_prepared("ilidsvid", str(tmp_path), split_index=3)
-
-
 def test_resolve_options_to_configs():
   resolve = tfds_builders.resolve
   assert resolve("market1501") == (tfds_builders.Market1501, None)

@@ -225,23 +225,6 @@ def test_discriminant_gradient_reaches_every_attention_block(f):
     assert all(float(jnp.abs(g).max()) > 0 for g in jax.tree.leaves(grads[name])), name
 
 
-def test_h_not_divisible_by_k_is_a_clear_error():
-  f = jnp.zeros((1, 4, 2, 12))
-  with pytest.raises(ValueError, match=r"stage 3.*H = 4.*K = 3"):
-    dcam.DCAM(num_blocks=3, stage=3).init(jax.random.PRNGKey(0), f)
-  # The max reading has no such constraint.
-  out, _ = dcam.DCAM(num_blocks=3, stage=3, alignment="max").init_with_output(
-      jax.random.PRNGKey(0), f)[0]
-  assert out.shape == (1, 4, 2, 12)
-  with pytest.raises(ValueError, match=r"C = 12.*K = 8"):
-    dcam.DCAM(num_blocks=8, stage=2, alignment="max").init(jax.random.PRNGKey(0),
-                                                           jnp.zeros((1, 8, 2, 12)))
-  with pytest.raises(ValueError, match="alignment"):
-    dcam.DCAM(num_blocks=2, alignment="stacked").init(jax.random.PRNGKey(0), f)
-  with pytest.raises(ValueError, match="attention"):
-    dcam.DCAM(num_blocks=2, attention="none").init(jax.random.PRNGKey(0), f)
-
-
 def test_exported_and_shapes_in_bfloat16():
   assert layers.DCAM is dcam.DCAM
   f = jnp.ones((2, 8, 4, 32), jnp.bfloat16)

@@ -33,26 +33,19 @@ import jax
 import numpy as np
 import pytest
 
+from tests import test_train as train_tests
+
 _ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 STEPS = 12  # 8 ids x 12 images / (P4 x K2): one epoch.
 TIMEOUT_S = 600
 
 
 def _command(workdir, data_root, *extra):
-  overrides = {
-      "data.root": data_root,
-      "data.synthetic.num_train_ids": 8, "data.synthetic.num_test_ids": 6,
-      "data.synthetic.images_per_id": 12, "data.synthetic.num_distractors": 5,
-      "data.synthetic.num_junk": 2,
-      "data.height": 32, "data.width": 16, "data.pad": 2,
-      "data.num_identities": 4, "data.num_instances": 2, "data.eval_batch_size": 8,
-      "model.backbone.width": 4, "model.backbone.stage_sizes": "(1,1,1,1)",
-      "schedule.epochs": 1, "schedule.warmup_epochs": 1, "schedule.kind": "cosine",
-      "train.log_every_steps": 1, "train.checkpoint_every_steps": 6,
-  }
-  return ([sys.executable, "train.py", "--config", "configs/baseline.py:synthetic",
-           "--workdir", str(workdir)]
-          + [f"--config.{k}={v}" for k, v in overrides.items()] + list(extra))
+  """tests/test_train.py's tiny baseline, one epoch, smaller still, plus flags."""
+  return train_tests._command(
+      workdir, data_root, 1, **{"data.eval_batch_size": 8,
+                                "model.backbone.stage_sizes": "(1,1,1,1)",
+                                "train.checkpoint_every_steps": 6}) + list(extra)
 
 
 def _env(**extra):

@@ -212,8 +212,9 @@ class CACENet(nn.Module):
           name="correspondence")
       self.gcn_layer = GraphConvolution(mode=self.gcn,
                                         features=self.backbone.stage_features[-1],
-                                        name="graph_conv")
-      self.encoder = nn.Dense(self.embed_dim, name="encoder")  # the 1x1 conv after GAP
+                                        dtype=self.backbone.dtype, name="graph_conv")
+      # The 1x1 conv after GAP.
+      self.encoder = nn.Dense(self.embed_dim, dtype=self.backbone.dtype, name="encoder")
       self.neck = bn("neck", use_bias=False)
       self.pair_neck = bn("pair_neck", use_bias=False)
       self.classifier = classifier("classifier")
@@ -252,7 +253,7 @@ class CACENet(nn.Module):
     (Eq. 2), features f (B, E) and global (B, E) (the neck's output)."""
     batch, h, w, d = x.shape
     nodes = x.reshape(batch, h * w, d)
-    features = self.encoder(jnp.mean(nodes, axis=1))
+    features = self.encoder(jnp.mean(nodes, axis=1)).astype(jnp.float32)
     return {"map": nodes, "intra": self.correspondence.intra_block(nodes),
             "features": features,
             "global": self.neck(features, use_running_average=not train)}
@@ -283,7 +284,7 @@ class CACENet(nn.Module):
   def _paper_conditional(self, items_u, items_v, train: bool):
     """(f(u|v), f(v|u)) after the pair neck, (..., E) each."""
     g_u, g_v = self._conditional_pooled(items_u, items_v)
-    f = self.encoder(self._theta(jnp.stack([g_u, g_v])))
+    f = self.encoder(self._theta(jnp.stack([g_u, g_v]))).astype(jnp.float32)
     shape = f.shape
     f = self.pair_neck(f.reshape(-1, shape[-1]), use_running_average=not train)
     f = f.reshape(shape)
@@ -381,7 +382,7 @@ class CACENet(nn.Module):
     a = self.correspondence.joint(items_u["intra"], items_v["intra"],
                                   items_u["map"], items_v["map"])
     joint = jnp.concatenate(jnp.broadcast_arrays(items_u["map"], items_v["map"]), axis=-2)
-    return {"adjacency": a, "maps": self.gcn_layer(joint, a)}
+    return {"adjacency": a, "maps": self.gcn_layer(joint, a).astype(jnp.float32)}
 
 
 def cacenet_objective(outputs: dict[str, Any], batch: dict[str, jax.Array],

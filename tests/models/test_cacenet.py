@@ -396,6 +396,13 @@ def test_paper_recipe():
   assert (o.loss.label_smoothing, o.loss.triplet_margin, o.model.embed_dim) == (0.1, 0.5, 768)
   for dataset in ("msmt17", "occluded_duke", "synthetic"):
     assert cacenet_config.get_config(dataset).model.name == "cacenet"
+  # The synthetic quick start tunes only the recipe (optimizer, schedule,
+  # sizes); the official variant's design and losses are the dataset ones.
+  quick = cacenet_config.get_config("synthetic,official")
+  assert quick.loss.to_dict() == o.loss.to_dict()
+  for key in ("variant", "pair_score", "non_local_stages", "dropout"):
+    assert quick.model[key] == o.model[key], key
+  assert (quick.eval.rerank_top_k, quick.eval.metric) == (o.eval.rerank_top_k, o.eval.metric)
 
 
 def test_tiny_train_run_two_stage_ranking(tmp_path):

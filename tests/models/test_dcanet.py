@@ -204,7 +204,7 @@ def test_objective_gradient_reaches_every_block_of_every_dcam():
                          train=True, mutable=["batch_stats"])
     return dcanet.dcanet_objective(out, batch, cfg)[0]
 
-  grads = jax.grad(loss)(variables["params"])
+  grads = jax.jit(jax.grad(loss))(variables["params"])  # eager op-by-op takes a minute
   for stage in (2, 3, 4):
     for blocks in ("spatial_blocks", "channel_blocks"):
       for path, g in jax.tree_util.tree_leaves_with_path(grads[f"dcam_stage{stage}"][blocks]):

@@ -95,24 +95,25 @@ def _last_logged_step(path):
   return 0
 
 
-def _kill_when(proc, condition, delay=0.0, timeout=400):
-  """SIGKILLs ``proc`` ``delay`` s after ``condition()`` holds (polled every 2 ms)."""
+def _kill_when(proc, condition, delay=0.0, timeout=400, signum=signal.SIGKILL):
+  """Sends ``signum`` to ``proc`` ``delay`` s after ``condition()`` holds (polled
+  every 2 ms); returns its exit code."""
   deadline = time.time() + timeout
   while proc.poll() is None and time.time() < deadline:
     if condition():
       time.sleep(delay)
-      proc.send_signal(signal.SIGKILL)
-      proc.wait()
-      return
+      proc.send_signal(signum)
+      return proc.wait(timeout=300)
     time.sleep(0.002)
   raise AssertionError(f"the run ended (rc {proc.returncode}) before the kill point")
 
 
 def test_sigkill_anywhere_resumes_bitwise(tmp_path, data_root):
   """Three SIGKILLs (after a random step, in the middle of an asynchronous
-  save, at a random moment), the same command re-run after each: the final
-  state and every logged loss equal an uninterrupted run's bit for bit, and a
-  half-written checkpoint is never restored."""
+  save, at a random moment) and a SIGTERM, the same command re-run after
+  each: the final state and every logged loss equal an uninterrupted run's
+  bit for bit, a half-written checkpoint is never restored, and SIGTERM saves
+  the step it stopped at and says how to resume."""
   # The compiled programs are cached on disk between the runs: only startup
   # time changes (the cache holds the very programs the first run compiled).
   env = {**_env(), "JAX_COMPILATION_CACHE_DIR": str(tmp_path / "jax_cache"),
@@ -159,7 +160,8 @@ def test_sigkill_anywhere_resumes_bitwise(tmp_path, data_root):
     steps = [int(n.split(".")[0]) for n in _unfinished(ckpts)]
     return next((s for s in sorted(steps) if s >= from_step), None) if in_loop() else None
 
-  for kill in ("after a step", "mid-save", "at a random moment", None):
+  previous = None
+  for kill in ("after a step", "mid-save", "at a random moment", "sigterm", None):
     training.clear()
     finished = _finished_steps(ckpts)
     start = finished[-1] if finished else 0
@@ -179,6 +181,12 @@ def test_sigkill_anywhere_resumes_bitwise(tmp_path, data_root):
       # In a step, a save, a log write: wherever 0-300 ms after a step lands.
       at_step = start + int(rng.integers(1, 6))
       _kill_when(proc, lambda: reached(at_step), delay=rng.uniform(0, 0.3))
+    elif kill == "sigterm":
+      at_step = start + int(rng.integers(1, 6))
+      returncode = _kill_when(proc, lambda: reached(at_step), signum=signal.SIGTERM)
+      assert returncode == 128 + signal.SIGTERM, (why, last_log()[-3000:])
+      assert "Re-run the same command to resume" in last_log(), why
+      assert _last_logged_step(metrics) in _finished_steps(ckpts), why  # saved on the way out
     else:
       assert proc.wait(timeout=600) == 0, (why, last_log()[-3000:])
     log = last_log()
@@ -186,8 +194,9 @@ def test_sigkill_anywhere_resumes_bitwise(tmp_path, data_root):
       # The newest *finished* checkpoint, never an unfinished save.
       resumed = re.search(r"Resumed from \S+ at step (\d+)", log)
       assert resumed and int(resumed.group(1)) == start, (why, kill, log[-3000:])
-    if kill != "after a step":  # Runs after a kill: the dead run's lock is taken over.
+    if previous not in (None, "sigterm"):  # After a SIGKILL: the dead run's lock is taken over.
       assert "Took over the stale lock" in log, (why, log[-3000:])
+    previous = kill
   assert _unfinished(ckpts) == [], why
 
   # Every step logged exactly once, with the uninterrupted run's loss.

@@ -22,7 +22,6 @@ import json
 import os
 import platform
 import statistics
-import time
 
 import jax
 import jax.numpy as jnp
@@ -32,6 +31,7 @@ import torch
 
 from reidjax.backbones import densenet
 from reidjax.backbones import resnet
+from timing import time_calls  # benchmarks/timing.py, beside this script
 from reidjax.backbones import torch_reference
 from reidjax.backbones import torchvision_import
 
@@ -45,21 +45,6 @@ def _models(arch: str):
     return (torch_reference.resnet50(last_stride=1),
             resnet.resnet50(last_stride=1), "stage4")
   return torch_reference.densenet121(), densenet.densenet121(), "block4"
-
-
-def _time(fn, iters: int, warmup: int) -> tuple[list[float], float]:
-  """Runs ``fn`` warmup + iters times; (per-iteration seconds, first call s)."""
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  for _ in range(warmup - 1):
-    fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times, first
 
 
 def _summary(jax_times, torch_times, batch):
@@ -132,10 +117,10 @@ def bench_arch(arch: str, batch: int, height: int, width: int, iters: int,
     loss.backward()
     optimizer.step()
 
-  jf, jf_first = _time(jax_forward, iters, warmup)
-  tf, _ = _time(torch_forward, iters, warmup)
-  jt, jt_first = _time(jax_train, iters, warmup)
-  tt, _ = _time(torch_train, iters, warmup)
+  jf, jf_first = time_calls(jax_forward, iters, warmup)
+  tf, _ = time_calls(torch_forward, iters, warmup)
+  jt, jt_first = time_calls(jax_train, iters, warmup)
+  tt, _ = time_calls(torch_train, iters, warmup)
   return {
       "forward": _summary(jf, tf, batch),
       "train_step": _summary(jt, tt, batch),

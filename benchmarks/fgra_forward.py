@@ -23,7 +23,6 @@ import os
 import platform
 import statistics
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -34,6 +33,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from configs import baseline as baseline_config  # noqa: E402
 from configs import fgra as fgra_config  # noqa: E402
 from reidjax import models  # noqa: E402
+from timing import time_calls  # noqa: E402  (benchmarks/timing.py, beside this script)
 
 
 def _model(config_module, arg, dtype, **overrides):
@@ -43,25 +43,11 @@ def _model(config_module, arg, dtype, **overrides):
   return models.build_model(c.model, num_classes=625)
 
 
-def _time(fn, iters: int, warmup: int) -> tuple[list[float], float]:
-  start = time.perf_counter()
-  fn()
-  first = time.perf_counter() - start
-  for _ in range(warmup - 1):
-    fn()
-  times = []
-  for _ in range(iters):
-    start = time.perf_counter()
-    fn()
-    times.append(time.perf_counter() - start)
-  return times, first
-
-
 def bench(name, model, clips, iters, warmup) -> dict:
   inputs = {"images": clips}
   variables = jax.jit(model.init)(jax.random.PRNGKey(0), inputs)
   embed = jax.jit(lambda v, x: model.apply(v, x, method="embed"))
-  times, first = _time(lambda: jax.block_until_ready(embed(variables, inputs)), iters, warmup)
+  times, first = time_calls(lambda: jax.block_until_ready(embed(variables, inputs)), iters, warmup)
   ms = 1e3 * statistics.median(times)
   b, t = clips.shape[:2]
   return {"model": name, "ms": round(ms, 2), "clips_per_s": round(1e3 * b / ms, 2),

@@ -66,7 +66,7 @@ from jax import lax
 import jax.numpy as jnp
 import numpy as np
 
-from reidjax.evaluate import distance, metrics, rerank
+from reidjax.evaluate import distance, metrics, rerank, streaming
 
 METHODS = ("auto", "dense", "sparse")
 # "auto" without a memory figure: dense up to this many items (~9.6 GB).
@@ -298,13 +298,7 @@ def sparse_rerank_state(query_features, gallery_features, *,
   """
   clock = _Clock(timings)
   distance.check_metric(metric)
-  q = np.asarray(query_features)
-  g = np.asarray(gallery_features)
-  if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1] or not (
-      q.size and g.size):
-    raise ValueError(
-        "query_features (Q, D) and gallery_features (G, D) must be non-empty "
-        f"2-D arrays with the same D, got shapes {q.shape} and {g.shape}.")
+  q, g = streaming.check_features(query_features, gallery_features)
   num_q, num_g = q.shape[0], g.shape[0]
   num = num_q + num_g
   rerank.check_parameters(k1, k2, lambda_value, num)

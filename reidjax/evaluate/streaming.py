@@ -240,6 +240,8 @@ def prepare_pair(q: np.ndarray, g: np.ndarray, metric: str, normalize: bool,
 
 
 def check_features(query_features, gallery_features):
+  """NumPy (Q, D) and (G, D) views of the features; ValueError unless both are
+  non-empty and 2-D with the same D."""
   q = np.asarray(query_features)
   g = np.asarray(gallery_features)
   if q.ndim != 2 or g.ndim != 2 or q.shape[1] != g.shape[1] or not (

@@ -141,7 +141,7 @@ def main():
   if args.num_query < tile:
     raise SystemExit(f"--num_query must be at least {tile} (one first-stage tile), got "
                      f"{args.num_query}.")
-  rows = lambda lo: streaming.put(q_prep[lo:lo + tile], mesh, PartitionSpec(sharding.DATA_AXIS))
+  rows = lambda lo: jax.tree.map(lambda x: streaming.put(x[lo:lo + tile], mesh, PartitionSpec(sharding.DATA_AXIS)), q_prep)
   jax.block_until_ready(first(rows(0), g_prep))
   start = time.perf_counter()
   for lo in range(0, args.num_query - tile + 1, tile):

@@ -50,11 +50,13 @@ def main():
   parser.add_argument("--num_b", type=int, default=1024)
   parser.add_argument("--length", type=int, default=32)
   parser.add_argument("--dim", type=int, default=256)
-  parser.add_argument("--block_a", type=int, default=16, help="0: no blocks")
-  parser.add_argument("--block_b", type=int, default=64, help="0: no blocks")
+  parser.add_argument("--block_a", type=int,
+                      default=dual_attention.BLOCK_A, help="0: no blocks")
+  parser.add_argument("--block_b", type=int,
+                      default=dual_attention.BLOCK_B, help="0: no blocks")
   parser.add_argument("--matmul_size", type=int, default=4096)
   parser.add_argument("--precision", default="highest")
-  parser.add_argument("--repeats", type=int, default=3)
+  parser.add_argument("--repeats", type=int, default=5)
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()
 

@@ -58,11 +58,14 @@ def squared_norms(x):
   return jnp.sum(x * x, axis=1)
 
 
-def prepared_distance(q, g, *, metric: str, g_sq=None):
+def prepared_distance(q, g, *, metric: str, g_sq=None, q_sq=None):
   """(Q, D), (G, D) prepared features -> (Q, G) distances.
 
-  ``g_sq``: optional precomputed ``squared_norms(g)`` (euclidean), so that a
-  tiled caller computes it once.
+  ``g_sq``, ``q_sq``: optional precomputed ``squared_norms`` of g and q
+  (euclidean). Pass them from a separate call when q.g is large: XLA:CPU
+  fuses the product with what follows it, and a norm inside that fusion is
+  recomputed for every output block (measured: a 256 x 82,161 x 2,048 tile
+  took 1.8x the time of its product alone; with both norms passed in, 1.0x).
   """
   dtype = jnp.promote_types(q.dtype, g.dtype)
   q, g = q.astype(dtype), g.astype(dtype)
@@ -72,8 +75,8 @@ def prepared_distance(q, g, *, metric: str, g_sq=None):
                         precision=lax.Precision.HIGHEST)
   if metric == "euclidean":
     g_sq = squared_norms(g) if g_sq is None else g_sq.astype(dtype)
-    return jnp.maximum(squared_norms(q)[:, None] + g_sq[None, :] - 2.0 * dot,
-                       0.0)
+    q_sq = squared_norms(q) if q_sq is None else q_sq.astype(dtype)
+    return jnp.maximum(q_sq[:, None] + g_sq[None, :] - 2.0 * dot, 0.0)
   return 1.0 - dot
 
 
@@ -118,6 +121,8 @@ def pairwise_distance(query_features, gallery_features,
   prep = functools.partial(_prepare, metric=metric, normalize=bool(normalize),
                            eps=float(eps))
   q, g = prep(q), prep(g)
-  # The gallery's norms in their own call, like the streamed evaluation.
-  g_sq = compute_squared_norms(g) if metric == "euclidean" else None
-  return _prepared_distance(q, g, metric=metric, g_sq=g_sq)
+  # The norms in their own calls, like the streamed evaluation.
+  if metric != "euclidean":
+    return _prepared_distance(q, g, metric=metric)
+  return _prepared_distance(q, g, metric=metric, g_sq=compute_squared_norms(g),
+                            q_sq=compute_squared_norms(q))

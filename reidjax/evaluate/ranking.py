@@ -374,7 +374,8 @@ def evaluate_pair_model(pair_fn: PairFn, query_items: Any, gallery_items: Any,
 
 @functools.lru_cache(maxsize=64)
 def first_stage_step(metric: str, top_k: int, mesh: Mesh) -> Callable:
-  """Jitted ``(query features rows, gallery) -> dict`` of the first stage.
+  """Jitted ``(query rows, gallery) -> dict`` of the first stage (both sides
+  as ``streaming.prepare_side`` makes them).
 
   Per row: ``top_idx`` (b, K) int32, the first K gallery items in
   (distance, index) order; ``d1_top`` (b, K) their distances;
@@ -382,10 +383,9 @@ def first_stage_step(metric: str, top_k: int, mesh: Mesh) -> Callable:
   ``nan`` (b,) bool.
   """
 
-  def local(features, gallery):
-    d1 = lax.optimization_barrier(distance.prepared_distance(
-        features, gallery["features"], metric=metric,
-        g_sq=gallery.get("g_sq")))
+  def local(rows, gallery):
+    d1 = lax.optimization_barrier(streaming.side_distance(rows, gallery,
+                                                          metric))
     num_b, num_g = d1.shape
     index = lax.broadcasted_iota(jnp.int32, (num_b, num_g), 1)
     # (distance, index) order; lax.sort ties -0.0 and +0.0 as metrics.py does.
@@ -631,7 +631,8 @@ def evaluate_two_stage(pair_fn: PairFn, query_items: Any, gallery_items: Any,
   first = first_stage_step(metric, top_k, mesh)
 
   def row_args(src):
-    out = first(streaming.put(q_prep[src], mesh, _ROWS), g_prep)
+    out = first(jax.tree.map(lambda x: streaming.put(x[src], mesh, _ROWS),
+                             q_prep), g_prep)
     out["pair"] = rerank_candidates(
         pair_fn, query_items, gallery_items, src,
         streaming.to_host(out["top_idx"]), mesh=mesh, pair_batch=pair_batch,

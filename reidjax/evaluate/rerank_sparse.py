@@ -105,9 +105,10 @@ def _pair_distance(x, x_sq, y, y_sq, metric: str):
 
 
 @functools.partial(jax.jit, static_argnames=("metric", "k"))
-def _neighbour_tile(rows, feats, sq, *, metric: str, k: int):
+def _neighbour_tile(rows, rows_sq, feats, sq, *, metric: str, k: int):
   """Row maxima c (B,) and the k nearest items (B, k) of the normalised rows."""
-  t = distance.prepared_distance(rows, feats, metric=metric, g_sq=sq)
+  t = distance.prepared_distance(rows, feats, metric=metric, g_sq=sq,
+                                 q_sq=rows_sq)
   c = jnp.max(t, axis=1)
   _, idx = lax.top_k(-(t / c[:, None]), k)
   return c, idx.astype(jnp.int32)
@@ -175,10 +176,10 @@ def _expand_tile(rows, fwd1, v_idx, v_val, *, k2: int):
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _original_tile(rows, gallery, g_sq, c, *, metric: str):
+def _original_tile(rows, rows_sq, gallery, g_sq, c, *, metric: str):
   """(B, G) normalised distances d of query rows to the gallery."""
-  return distance.prepared_distance(rows, gallery, metric=metric,
-                                    g_sq=g_sq) / c[:, None]
+  return distance.prepared_distance(rows, gallery, metric=metric, g_sq=g_sq,
+                                    q_sq=rows_sq) / c[:, None]
 
 
 # ----------------------------------------------------------------------------
@@ -215,7 +216,7 @@ class SparseReranker:
     lambda_value: Eq. 12's lambda.
     metric: the distance of the features.
     query_feats, gallery_feats: (Q, D), (G, D) prepared features (device).
-    gallery_sq: (G,) the gallery's squared norms.
+    query_sq, gallery_sq: (Q,), (G,) their squared norms.
     row_max: (P,) c, the normalisers of the rows.
     v_idx, v_val: (P, S) the expanded V, sparse (index P: empty slot).
     col_ptr, col_rows, col_vals: CSR by column of V's gallery rows (gallery
@@ -228,6 +229,7 @@ class SparseReranker:
   metric: str
   query_feats: jax.Array
   gallery_feats: jax.Array
+  query_sq: jax.Array
   gallery_sq: jax.Array
   row_max: jax.Array
   v_idx: np.ndarray
@@ -273,7 +275,8 @@ class SparseReranker:
       padded = np.concatenate([rows, np.full(pad_to - rows.size, rows[-1],
                                              np.int32)])
     d = np.asarray(_original_tile(
-        self.query_feats[padded], self.gallery_feats, self.gallery_sq,
+        self.query_feats[padded], self.query_sq[padded], self.gallery_feats,
+        self.gallery_sq,
         self.row_max[padded], metric=self.metric))[:rows.size]
     m = self.jaccard_overlap(rows).astype(np.float32)
     jaccard = np.float32(1.0) - m / (np.float32(2.0) - m)
@@ -312,7 +315,8 @@ def sparse_rerank_state(query_features, gallery_features, *,
   row_max = np.empty(num, np.float32)
   fwd1 = np.empty((num, k1 + 1), np.int32)
   for lo, idx, n in _tiles(num, tile):
-    c, nbr = _neighbour_tile(feats[idx], feats, sq, metric=metric, k=k1 + 1)
+    c, nbr = _neighbour_tile(feats[idx], sq[idx], feats, sq, metric=metric,
+                             k=k1 + 1)
     row_max[lo:lo + n] = np.asarray(c)[:n]
     fwd1[lo:lo + n] = np.asarray(nbr)[:n]
   clock("neighbours")
@@ -370,7 +374,7 @@ def sparse_rerank_state(query_features, gallery_features, *,
   return SparseReranker(
       num_query=num_q, num_gallery=num_g, lambda_value=float(lambda_value),
       metric=metric, query_feats=feats[:num_q], gallery_feats=feats[num_q:],
-      gallery_sq=sq[num_q:], row_max=c_d, v_idx=v_idx,
+      query_sq=sq[:num_q], gallery_sq=sq[num_q:], row_max=c_d, v_idx=v_idx,
       v_val=v_val, col_ptr=col_ptr,
       col_rows=g_rows[order].astype(np.int64),
       col_vals=gv[g_rows, slots][order])

@@ -29,9 +29,10 @@ import functools
 from typing import Any, Iterable
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from reidjax.evaluate import distance
+from reidjax.evaluate import distance, streaming
 
 DEFAULT_FPRS = (1e-4, 1e-3, 1e-2)
 
@@ -120,8 +121,8 @@ def roc_from_distmat(distmat, query_pids, gallery_pids, query_camids,
 
 
 @functools.partial(jax.jit, static_argnames=("metric",))
-def _distance_tile(q, g, g_sq, *, metric: str):
-  return distance.prepared_distance(q, g, metric=metric, g_sq=g_sq)
+def _distance_tile(rows, gallery, *, metric: str):
+  return streaming.side_distance(rows, gallery, metric)
 
 
 def roc_from_features(query_features, gallery_features, query_pids,
@@ -132,22 +133,20 @@ def roc_from_features(query_features, gallery_features, query_pids,
                       ) -> dict[str, Any]:
   """``roc_from_rows`` from features, one (query_tile, G) tile at a time."""
   distance.check_metric(metric)
-  prep = functools.partial(distance.prepare_features, metric=metric,
+  prep = functools.partial(streaming.prepare_side, metric=metric,
                            normalize=bool(normalize), eps=float(eps))
-  q = np.asarray(prep(np.asarray(query_features)))
-  g = prep(np.asarray(gallery_features))
-  g_sq = distance.compute_squared_norms(g) if metric == "euclidean" else None
-  num_q = q.shape[0]
+  q = jax.tree.map(np.asarray, prep(np.asarray(query_features)))
+  g = prep(jnp.asarray(gallery_features))
+  num_q = q["features"].shape[0]
   tile = int(min(query_tile, num_q))
 
   def blocks():
     for lo in range(0, num_q, tile):
       n = min(tile, num_q - lo)
-      rows = q[lo:lo + n]
-      if n < tile:
-        rows = np.pad(rows, ((0, tile - n), (0, 0)))
+      rows = jax.tree.map(lambda x: np.pad(
+          x[lo:lo + n], [(0, tile - n)] + [(0, 0)] * (x.ndim - 1)), q)
       yield np.arange(lo, lo + n), np.asarray(
-          _distance_tile(rows, g, g_sq, metric=metric))[:n]
+          _distance_tile(rows, g, metric=metric))[:n]
 
   return roc_from_rows(blocks(), query_pids, gallery_pids, query_camids,
                        gallery_camids, fprs=fprs, camera_filter=camera_filter)

@@ -116,6 +116,13 @@ class SequenceItems(NamedTuple):
   length: jax.Array
 
 
+# Pairs per block of ``pair_distance``: 16 x 32 was the fastest of 8-32 x
+# 16-128 on XLA:CPU (0.77 of the f32 matmul rate; 16 x 64: 0.71). Past that
+# the (b, S, S') x (S', S') Gram products, batched over b, fall out of cache.
+BLOCK_A = 16
+BLOCK_B = 32
+
+
 def _safe_sqrt(squared: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.maximum(squared, _SQRT_EPSILON))
 
@@ -245,8 +252,8 @@ def pair_distance(items_a: SequenceItems,
                   items_b: SequenceItems | None = None, *,
                   inter: bool = True,
                   precision: Precision = jax.lax.Precision.HIGHEST,
-                  block_a: int | None = 16,
-                  block_b: int | None = 64) -> jax.Array:
+                  block_a: int | None = BLOCK_A,
+                  block_b: int | None = BLOCK_B) -> jax.Array:
   """DuATM sequence distances of a tile against a tile (Eq. 2-5).
 
   Args:
@@ -324,8 +331,8 @@ class DualAttention(nn.Module):
   momentum: float = 0.9
   epsilon: float = 1e-5
   precision: Precision = jax.lax.Precision.HIGHEST
-  block_a: int | None = 16
-  block_b: int | None = 64
+  block_a: int | None = BLOCK_A
+  block_b: int | None = BLOCK_B
 
   @nn.compact
   def prepare(self, x: jax.Array, mask: jax.Array | None = None,

@@ -8,6 +8,7 @@ import sys
 import numpy as np
 import pytest
 
+from reidjax import sharding
 from reidjax.evaluate import distance, metrics, numpy_reference, streaming
 from tests.evaluate.test_metrics import assert_same
 
@@ -77,6 +78,26 @@ def test_streaming_nan_and_shape_errors():
     streaming.evaluate_features(q, g, *labels)
   with pytest.raises(ValueError, match="same D"):
     streaming.evaluate_features(q[:, :4], g, *labels)
+
+
+def test_nan_scan_is_skipped_only_when_no_distance_can_be_nan():
+  q, g, *_ = make_features(2)
+  mesh = sharding.make_data_mesh()
+  side = lambda x, metric: streaming.prepare_pair(x, x, metric, False,
+                                                  1e-12, mesh)[1]
+  for metric in ("euclidean", "cosine"):
+    assert streaming.cannot_be_nan(side(q, metric), side(g, metric))
+  bad = q.copy()
+  bad[3, 0] = np.inf
+  for metric in ("euclidean", "cosine"):
+    assert not streaming.cannot_be_nan(side(bad, metric), side(g, metric))
+  # Finite, but ||q||^2 + ||g||^2 can overflow (so can inf - inf): scan.
+  big = np.full((2, 4), 4e18, np.float32)  # ||x||^2 = 6.4e37 each.
+  assert np.isfinite(side(big, "euclidean")["sq"]).all()
+  assert not streaming.cannot_be_nan(side(big, "euclidean"),
+                                     side(big, "euclidean"))
+  assert streaming.cannot_be_nan(side(big / 4, "euclidean"),
+                                 side(big / 4, "euclidean"))
 
 
 def test_two_devices_subprocess():

@@ -78,6 +78,31 @@ def test_matches_loop_reference(seed, integer, query_tile, method):
   assert result.cmc.dtype == np.float64
 
 
+@pytest.mark.parametrize("block,slots", [(1, 1), (4, 3), (4, 4), (2, 8)])
+def test_counting_kernel_ranks_equal_numpy_counts(block, slots):
+  """Every match's rank = #{kept i: d_i < t_j or (d_i == t_j and i < k_j)},
+  counted in NumPy; integer distances make many ties."""
+  dist, *labels = make_problem(1, integer=True)
+  matches, _ = metrics.prepare_matches(*dist.shape, *labels)
+  rows = np.flatnonzero(matches.num_matches > 0)
+  tile = -(-rows.size // block) * block
+  kin = counting.kernel_inputs(rows, matches, tile)
+  padded = np.zeros((tile, dist.shape[1]), np.float32)
+  padded[:rows.size] = dist[rows]
+  ranks = np.asarray(counting.match_ranks(
+      jnp.asarray(padded), **{k: jnp.asarray(v) for k, v in kin.items()},
+      block=block, slots=slots))
+  index = np.arange(dist.shape[1])
+  for r, q in enumerate(rows):
+    kept = np.ones(dist.shape[1], bool)
+    kept[matches.removed_idx[q][matches.removed_mask[q]]] = False
+    for j in range(matches.num_matches[q]):
+      k = matches.match_idx[q, j]
+      t = dist[q, k]
+      expected = np.sum(kept & ((dist[q] < t) | ((dist[q] == t) & (index < k))))
+      assert ranks[r, j] == expected, (q, j)
+
+
 @pytest.mark.parametrize("seed", [0, 3])
 @pytest.mark.parametrize("integer", [False, True])
 def test_vectorized_numpy_matches_loop(seed, integer):

@@ -228,7 +228,8 @@ def main():
   vec_cpu = _CPU_SECONDS["last"] if run_vec else None
 
   jax_s = min(jax_runs)
-  default_tile = metrics.default_query_tile()
+  default_tile = (f"{metrics.default_query_tile()} (every row to the kernel: "
+                  f"{metrics.default_query_tile(all_rows=True)})")
   diffs = {k: _max_diff(v, loop) for k, v in diffs.items()}
   diffs["jax_vs_loop"] = _max_diff(result, loop)
   if vec is not None:

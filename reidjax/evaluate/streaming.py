@@ -143,7 +143,7 @@ def run_query_tiles(local_fn: LocalFn, row_args: Any, shared: Any,
   if query_tile is None:
     query_tile = default_streaming_tile(devices)
   local = -(-int(query_tile) // devices)
-  block = counting.kernel_block(local)
+  block = counting.kernel_block(local, matches.num_gallery)
   local = -(-local // block) * block
   valid = np.flatnonzero(matches.num_matches > 0)
   if valid.size == 0:

@@ -9,10 +9,12 @@ builds the (Q, G) matrix; the script reports
 * seconds: the timed call (after a warm-up call on one query tile, which
   compiles the same step), and the warm-up itself;
 * peak RSS of the process (``resource.getrusage(...).ru_maxrss``; includes
-  the 0.8 GB of host features and their device copy);
+  the 0.8 GB of host features, allocated by ``sharding.host_empty`` as the
+  evaluator's extraction allocates them, so that on CPU the device uses the
+  gallery in place);
 * the machine's float32 matmul rate, measured in this run before and after
-  the evaluation (a (tile, D) x (D, G) ``jnp.dot`` at HIGHEST precision: the
-  step's own product), and the FLOP floor 2 Q G D / (best rate): the time
+  the evaluation (a (tile, D) x (D, G) product with the gallery at HIGHEST
+  precision: the step's own product), and the FLOP floor 2 Q G D / (best rate): the time
   the distances alone take (shared CPUs: the rate itself varies ~2x);
 * a check: for a random subset of queries, the streamed metrics equal
   ``evaluate_ranking`` on their explicitly computed distance rows.
@@ -35,6 +37,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from reidjax import sharding
 from reidjax.evaluate import distance, metrics, streaming
 
 
@@ -53,12 +56,22 @@ def make_labels(seed, num_query, num_gallery, num_ids, num_cams):
           rng.integers(0, num_cams, num_gallery))
 
 
-def matmul_rate(rows: int, dim: int, cols: int, repeats: int = 3):
-  """float32 FLOP/s of a (rows, dim) x (dim, cols) product, best of repeats."""
+def matmul_rate(rows: int, dim: int, cols: int, repeats: int = 3,
+                gallery=None):
+  """float32 FLOP/s of a (rows, dim) x (dim, cols) product, best of repeats.
+
+  ``gallery``: a (cols, dim) host array to multiply by (contracting both
+  feature axes, as the evaluation does); on CPU an aligned one is used in
+  place, so the measurement adds no gallery-sized array to the peak RSS.
+  """
   a = jnp.asarray(np.random.default_rng(0).standard_normal((rows, dim),
                                                            np.float32))
-  b = jnp.ones((dim, cols), jnp.float32)
-  dot = jax.jit(lambda x, y: jnp.dot(x, y, precision=jax.lax.Precision.HIGHEST))
+  if gallery is None:
+    b = jnp.ones((cols, dim), jnp.float32)
+  else:
+    b = jax.device_put(gallery)
+  dot = jax.jit(lambda x, y: jax.lax.dot_general(
+      x, y, (((1,), (1,)), ((), ())), precision=jax.lax.Precision.HIGHEST))
   dot(a, b).block_until_ready()
   best = float("inf")
   for _ in range(repeats):
@@ -92,13 +105,17 @@ def main():
     keep = np.linspace(0, args.num_query - 1, args.query_subset).astype(int)
     labels = (labels[0][keep], labels[1], labels[2][keep], labels[3])
     args.num_query = args.query_subset
-  q = rng.standard_normal((args.num_query, args.dim), np.float32)
-  g = rng.standard_normal((args.num_gallery, args.dim), np.float32)
+  # Allocated as the evaluator's feature extraction allocates them
+  # (``sharding.host_empty``: on CPU the gallery is then ranked in place).
+  q = sharding.host_empty((args.num_query, args.dim), np.float32)
+  g = sharding.host_empty((args.num_gallery, args.dim), np.float32)
+  rng.standard_normal(dtype=np.float32, out=q)
+  rng.standard_normal(dtype=np.float32, out=g)
   devices = jax.device_count()
   tile = args.query_tile or streaming.default_streaming_tile(devices)
 
   rate_before = matmul_rate(max(tile // devices, 1), args.dim,
-                            args.num_gallery)
+                            args.num_gallery, gallery=g)
   matches, _ = metrics.prepare_matches(args.num_query, args.num_gallery,
                                        *labels)
   # Warm-up on one tile of queries that includes the ones with the most
@@ -118,7 +135,8 @@ def main():
                                        query_tile=tile)
   seconds = time.perf_counter() - start
   peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-  rate_after = matmul_rate(max(tile // devices, 1), args.dim, args.num_gallery)
+  rate_after = matmul_rate(max(tile // devices, 1), args.dim, args.num_gallery,
+                           gallery=g)
   rate = max(rate_before, rate_after)
 
   # Check a subset against the explicit rows.

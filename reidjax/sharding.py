@@ -76,3 +76,25 @@ def host_local(tree: Any) -> Any:
                        "process with multihost_utils.process_allgather instead.")
     return np.asarray(x.addressable_data(0))
   return jax.tree.map(one, tree)
+
+
+# XLA:CPU uses a host array in place, without a copy, when its data is
+# aligned to this many bytes (measured with jax 0.10: 16-byte-aligned NumPy
+# arrays are copied, 64-byte-aligned ones are not).
+_CPU_ALIGNMENT = 64
+
+
+def host_empty(shape: tuple[int, ...], dtype: Any) -> np.ndarray:
+  """An uninitialised NumPy array the CPU backend can put on its device
+  without a copy (``jax.device_put`` / ``make_array_from_callback`` alias it).
+
+  For large host arrays that go to the devices whole, e.g. a gallery's
+  features: on CPU this saves their size in memory and the time of the copy
+  (MSMT17's 82,161 x 2,048 float32 gallery: 673 MB, 0.4 s). Do not write to
+  it while a device array may alias it.
+  """
+  dtype = np.dtype(dtype)
+  size = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+  raw = np.empty(size + _CPU_ALIGNMENT, np.uint8)
+  start = -raw.ctypes.data % _CPU_ALIGNMENT
+  return raw[start:start + size].view(dtype).reshape(shape)

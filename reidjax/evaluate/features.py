@@ -157,8 +157,9 @@ def extract_features(embed_fn: Callable, variables: Any,
           f"Evaluation batches delivered index {int(index.min())}..."
           f"{int(index.max())} for a split of {num_items} items.")
     if out is None:
-      out = jax.tree.map(lambda f: np.empty((num_items,) + f.shape[1:],
-                                            f.dtype), features)
+      # Aligned: on CPU the evaluation then ranks the gallery in place.
+      out = jax.tree.map(lambda f: sharding.host_empty(
+          (num_items,) + f.shape[1:], f.dtype), features)
     jax.tree.map(lambda o, f: o.__setitem__(index, np.asarray(f)[mask]),
                  out, features)
     np.add.at(seen, index, 1)

@@ -100,6 +100,21 @@ def test_nan_scan_is_skipped_only_when_no_distance_can_be_nan():
                                  side(big / 4, "euclidean"))
 
 
+def test_host_empty_is_aligned_and_used_in_place_on_cpu():
+  for shape, dtype in (((3, 5), np.float32), ((7,), np.int64), ((0, 4),
+                                                               np.float16)):
+    x = sharding.host_empty(shape, dtype)
+    assert x.shape == shape and x.dtype == dtype
+    assert x.size == 0 or x.ctypes.data % 64 == 0
+  g = sharding.host_empty((300, 16), np.float32)
+  g[...] = np.arange(g.size, dtype=np.float32).reshape(g.shape)
+  device_copy = streaming.replicate(g, sharding.make_data_mesh())
+  # The CPU backend aliases the host array: no second copy of a gallery.
+  assert device_copy.addressable_data(0).unsafe_buffer_pointer() == (
+      g.ctypes.data)
+  np.testing.assert_array_equal(np.asarray(device_copy), g)
+
+
 def test_two_devices_subprocess():
   out = subprocess.run(
       [sys.executable, "-m", "tests.evaluate.run_streaming", "--devices", "2"],

@@ -5,11 +5,12 @@ the ``data`` axis of a mesh (``reidjax.sharding.make_data_mesh``); on
 every device one jitted ``shard_map`` program computes the (rows, G) distances
 of its rows (``distance_step``) and a second one, from them, the 0-based
 ranks of each row's matches with the counting kernel of ``counting.py`` (and,
-for the CUHK03 protocol, the single-shot ranks). Only those small (rows, M) rank arrays come back to the
-host; the host then computes CMC / mAP / mINP exactly like
-``metrics.evaluate_ranking`` on the full matrix. Peak memory is the gallery
-(replicated on every device) plus one (query_tile / devices, G) distance
-tile per device. Only queries with a match are computed at all.
+for the CUHK03 protocol, the single-shot ranks). Only those small (rows, M)
+rank arrays come back to the host; the host then computes CMC / mAP / mINP
+exactly like ``metrics.evaluate_ranking`` on the full matrix. Peak memory is
+the gallery (replicated on every device; on CPU an aligned host array is used
+in place, ``sharding.host_empty``) plus one (query_tile / devices, G)
+distance tile per device. Only queries with a match are computed at all.
 
 A match's distance is read from the same materialised distance tile as its
 competitors, so the ranks are exactly those of ``evaluate_ranking`` on the
@@ -35,7 +36,6 @@ import functools
 from typing import Any, Callable
 
 import jax
-from jax import lax
 import jax.numpy as jnp
 import numpy as np
 from jax.experimental import multihost_utils

@@ -43,7 +43,7 @@ else
   PAIR_ARGS=()
   RERANK_ARGS=(--scale 0.2)
   # Compile dominates (attdriven, 5 branches, compiled in 183 s on a loaded
-  # 2-core CPU); the baseline also writes the trace. Sum: 545 s.
+  # 2-core CPU); the baseline also writes the trace. Sum: 510 s.
   TRAIN_MODELS=(baseline:85 duatm:60 dcanet:55 cacenet:55 attdriven:90 fgra:60)
   EVAL_LIMIT=40; PAIR_LIMIT=25; RERANK_LIMIT=40
 fi

@@ -120,9 +120,7 @@ def roc_from_distmat(distmat, query_pids, gallery_pids, query_camids,
                        gallery_camids, fprs=fprs, camera_filter=camera_filter)
 
 
-@functools.partial(jax.jit, static_argnames=("metric",))
-def _distance_tile(rows, gallery, *, metric: str):
-  return streaming.side_distance(rows, gallery, metric)
+_distance_tile = jax.jit(streaming.side_distance, static_argnames=("metric",))
 
 
 def roc_from_features(query_features, gallery_features, query_pids,
